@@ -1,0 +1,642 @@
+"""LightningDataModules that supply long-tailed splits with a configurable sampler.
+
+Every datamodule knows ``num_classes`` and ``class_counts`` right after ``__init__`` (LightningCLI links
+them into the model before ``setup`` runs), builds its datasets in ``setup``, and offers
+``train_eval_dataloader()``: the training set un-augmented and in order, for measurements.
+
+Under DDP the training loader's sampler is one of ours (a ``DistributedSampler`` subclass, so Lightning
+leaves it alone): every rank draws the same global epoch from ``(seed, epoch)`` and takes its own
+contiguous slice. The evaluation loaders (val, test, train-eval) give each rank a disjoint, unpadded
+share, so metrics that sum per-class counts across ranks count every sample exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lt_lightning.data.datasets import (
+    ArrayImageDataset,
+    SplitFileDataset,
+    TensorFeatureDataset,
+    read_cifar,
+    read_mnist,
+    read_split_file,
+    read_stl10,
+    read_svhn,
+)
+from lt_lightning.data.profiles import PROFILES, long_tail_counts, shot_groups
+from lt_lightning.data.samplers import SAMPLERS, DistributedEvalSampler, build_sampler
+from lt_lightning.data.splits import long_tail_split
+from lt_lightning.data.transforms import cifar_transforms, imagenet_transforms, small_image_transforms
+
+__all__ = [
+    "CIFAR10LTDataModule",
+    "CIFAR100LTDataModule",
+    "DigitsLTDataModule",
+    "FashionMNISTLTDataModule",
+    "INaturalist2018DataModule",
+    "ImageNetLTDataModule",
+    "LongTailDataModule",
+    "MNISTLTDataModule",
+    "PlacesLTDataModule",
+    "STL10LTDataModule",
+    "SVHNLTDataModule",
+    "SyntheticLTDataModule",
+]
+
+
+class LongTailDataModule(L.LightningDataModule):
+    """Shared machinery: loaders, sampler choice, seed, class counts and shot groups.
+
+    Subclasses set ``self.num_classes`` and ``self.class_counts`` in ``__init__`` and implement
+    ``_build_datasets()`` returning ``(train, train_eval, val, test)`` datasets whose ``targets``
+    attribute holds the ``[N]`` labels.
+
+    Args:
+        batch_size: training batch size (per process).
+        eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
+        num_workers: DataLoader workers.
+        sampler: ``"instance"``, ``"class"`` (Kang's 4-per-visit round robin), ``"sqrt"``, ``"power"``
+            (class probability ∝ n_c^q) or ``"progressive"``.
+        sampler_q: q of the ``"power"`` sampler, in [0, 1].
+        samples_per_class: samples per class visit of the ``"class"`` sampler (Kang: 4).
+        sampler_epochs: T of the ``"progressive"`` sampler (default: the trainer's ``max_epochs``).
+        seed: seed of the split and of the sampler order.
+        many_threshold, few_threshold: shot-group thresholds (many > many, few < few).
+    """
+
+    num_classes: int
+    class_counts: list[int]
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        sampler: str = "instance",
+        sampler_q: float | None = None,
+        samples_per_class: int = 4,
+        sampler_epochs: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+        many_threshold: int = 100,
+        few_threshold: int = 20,
+    ) -> None:
+        super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+        if sampler == "power" and (sampler_q is None or not 0.0 <= sampler_q <= 1.0):
+            raise ValueError(f"the 'power' sampler needs sampler_q in [0, 1], got {sampler_q!r}")
+        if sampler_q is not None and not 0.0 <= sampler_q <= 1.0:
+            raise ValueError(f"sampler_q must lie in [0, 1], got {sampler_q!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if samples_per_class < 1:
+            raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.sampler = sampler
+        self.sampler_q = sampler_q
+        self.samples_per_class = samples_per_class
+        self.sampler_epochs = sampler_epochs
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = drop_last
+        self.many_threshold = many_threshold
+        self.few_threshold = few_threshold
+        self.train_dataset: Dataset | None = None
+        self.train_eval_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+
+    # ---- facts about the split -------------------------------------------------------------------
+    @property
+    def shot_groups(self) -> torch.LongTensor:
+        """``[K]`` shot group of every class: 0 many, 1 medium, 2 few."""
+        return shot_groups(self.class_counts, self.many_threshold, self.few_threshold)
+
+    @property
+    def num_train_samples(self) -> int:
+        return int(sum(self.class_counts))
+
+    def _set_class_counts(self, counts: list[int]) -> None:
+        zero = [c for c, n in enumerate(counts) if n < 1]
+        if zero:
+            raise ValueError(
+                f"classes {zero} would have no training samples (counts {counts}); "
+                "lower imbalance_ratio or raise max_count"
+            )
+        self.num_classes = len(counts)
+        self.class_counts = [int(n) for n in counts]
+
+    # ---- building --------------------------------------------------------------------------------
+    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset, Dataset]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        train, train_eval, val, test = self._build_datasets()
+        realized = torch.bincount(train.targets, minlength=self.num_classes).tolist()
+        if realized != self.class_counts:
+            raise ValueError(
+                f"{type(self).__name__}: the data on disk gives training counts {realized}, "
+                f"but the configuration announced {self.class_counts}; check max_count / the data files"
+            )
+        self.train_dataset, self.train_eval_dataset, self.val_dataset, self.test_dataset = (
+            train,
+            train_eval,
+            val,
+            test,
+        )
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=drop_last,
+        )
+
+    def build_train_sampler(self):
+        """The training sampler of ``self.sampler`` over the training labels, for this rank."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        num_replicas, rank = self._world()
+        epochs = self.sampler_epochs
+        if epochs is None and self.sampler == "progressive":
+            trainer = getattr(self, "trainer", None)
+            epochs = trainer.max_epochs if trainer is not None and trainer.max_epochs else None
+            if epochs is None or epochs < 1:
+                raise ValueError(
+                    "the 'progressive' sampler needs sampler_epochs or a trainer with max_epochs"
+                )
+        return build_sampler(
+            self.sampler,
+            self.train_dataset.targets,
+            seed=self.seed,
+            q=self.sampler_q,
+            num_epochs=epochs,
+            samples_per_class=self.samples_per_class,
+            num_replicas=num_replicas,
+            rank=rank,
+            num_classes=self.num_classes,
+        )
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        num_replicas, rank = self._world()
+        sampler = DistributedEvalSampler(dataset, num_replicas=num_replicas, rank=rank)
+        return self._loader(dataset, self.eval_batch_size, sampler)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(
+            self.train_dataset_or_setup(),
+            self.batch_size,
+            self.build_train_sampler(),
+            drop_last=self.drop_last,
+        )
+
+    def train_dataset_or_setup(self) -> Dataset:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self.train_dataset
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training set, un-augmented and in order (this rank's unpadded share under DDP)."""
+        self.train_dataset_or_setup()
+        return self._eval_loader(self.train_eval_dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        self.train_dataset_or_setup()
+        return self._eval_loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        self.train_dataset_or_setup()
+        return self._eval_loader(self.test_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+def _resolve_dir(data_dir: str | os.PathLike) -> Path:
+    return Path(os.path.expanduser(str(data_dir)))
+
+
+class _InMemoryLTDataModule(LongTailDataModule):
+    """Long-tailed subset of a dataset that fits in memory as uint8 arrays (CIFAR, MNIST, SVHN, STL-10).
+
+    ``class_counts = long_tail_counts(K, max_count, imbalance_ratio, profile)``; with
+    ``val_per_class > 0`` the validation set is ``val_per_class`` unused training images per class (a
+    class whose count needs them gives them up, see ``long_tail_split``), otherwise validation uses the
+    test set, as the original papers do.
+    """
+
+    dataset_num_classes: int = 10
+    default_max_count: int = 5000
+    #: per-class sizes of the full training set, to announce the counts before reading any file
+    train_pool: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        imbalance_ratio: float = 100.0,
+        profile: str = "exp",
+        max_count: int | None = None,
+        val_per_class: int = 0,
+        download: bool = False,
+        augment: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not imbalance_ratio >= 1:
+            raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio!r}")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown long-tail profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+        if val_per_class < 0:
+            raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
+        self.data_dir = _resolve_dir(data_dir)
+        self.imbalance_ratio = float(imbalance_ratio)
+        self.profile = profile
+        self.max_count = int(max_count or self.default_max_count)
+        self.val_per_class = val_per_class
+        self.download = download
+        self.augment = augment
+        wanted = long_tail_counts(self.dataset_num_classes, self.max_count, imbalance_ratio, profile)
+        self._wanted_counts = wanted
+        if val_per_class and self.train_pool:
+            wanted = [min(n, pool - val_per_class) for n, pool in zip(wanted, self.train_pool)]
+        self._set_class_counts(wanted)
+
+    # subclass hooks
+    def _read(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _download(self) -> None:
+        raise NotImplementedError
+
+    def _transforms(self):
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self._download()
+
+    def _build_datasets(self):
+        train_tf, eval_tf = self._transforms()
+        images, labels = self._read("train")
+        train_idx, val_idx = long_tail_split(
+            labels, self._wanted_counts, seed=self.seed, val_per_class=self.val_per_class
+        )
+        test_images, test_labels = self._read("test")
+        test = ArrayImageDataset(test_images, test_labels, eval_tf)
+        train = ArrayImageDataset(images[train_idx], labels[train_idx], train_tf)
+        train_eval = ArrayImageDataset(train.images, train.targets, eval_tf)
+        val = ArrayImageDataset(images[val_idx], labels[val_idx], eval_tf) if self.val_per_class else test
+        return train, train_eval, val, test
+
+
+class CIFAR10LTDataModule(_InMemoryLTDataModule):
+    """CIFAR-10-LT (Cao et al. 2019): n_max = 5000; r = 100 gives 12,406 training images.
+
+    Reads torchvision's extracted ``cifar-10-batches-py`` folder under ``data_dir``.
+    """
+
+    dataset_num_classes = 10
+    default_max_count = 5000
+    train_pool = (5000,) * 10
+
+    def _read(self, split):
+        return read_cifar(self.data_dir, 10, split)
+
+    def _download(self):
+        from torchvision.datasets import CIFAR10
+
+        for train in (True, False):
+            CIFAR10(str(self.data_dir), train=train, download=True)
+
+    def _transforms(self):
+        return cifar_transforms(self.augment)
+
+
+class CIFAR100LTDataModule(CIFAR10LTDataModule):
+    """CIFAR-100-LT: n_max = 500; r = 100 gives 10,847 training images (35/35/30 many/medium/few)."""
+
+    dataset_num_classes = 100
+    default_max_count = 500
+    train_pool = (500,) * 100
+
+    def _read(self, split):
+        return read_cifar(self.data_dir, 100, split)
+
+    def _download(self):
+        from torchvision.datasets import CIFAR100
+
+        for train in (True, False):
+            CIFAR100(str(self.data_dir), train=train, download=True)
+
+
+class MNISTLTDataModule(_InMemoryLTDataModule):
+    """MNIST-LT from ``data_dir/MNIST/raw`` (IDX files). ``imbalance_ratio=1`` gives balanced MNIST
+    (5,000 a class by default; the smallest class has 5,421)."""
+
+    dataset_num_classes = 10
+    default_max_count = 5000
+    train_pool = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+    _folder = "MNIST"
+    _norm = "mnist"
+
+    def _read(self, split):
+        return read_mnist(self.data_dir, self._folder, split)
+
+    def _download(self):
+        from torchvision.datasets import MNIST
+
+        for train in (True, False):
+            MNIST(str(self.data_dir), train=train, download=True)
+
+    def _transforms(self):
+        return small_image_transforms(self._norm, 28, crop_padding=2 if self.augment else 0)
+
+
+class FashionMNISTLTDataModule(MNISTLTDataModule):
+    """Fashion-MNIST-LT from ``data_dir/FashionMNIST/raw`` (6,000 images a class)."""
+
+    train_pool = (6000,) * 10
+    _folder = "FashionMNIST"
+    _norm = "fashion_mnist"
+
+    def _download(self):
+        from torchvision.datasets import FashionMNIST
+
+        for train in (True, False):
+            FashionMNIST(str(self.data_dir), train=train, download=True)
+
+    def _transforms(self):
+        return small_image_transforms(
+            self._norm, 28, crop_padding=2 if self.augment else 0, flip=self.augment
+        )
+
+
+class SVHNLTDataModule(_InMemoryLTDataModule):
+    """SVHN-LT (Yang et al. report it) from ``data_dir/{train,test}_32x32.mat``; n_max = 4,000."""
+
+    dataset_num_classes = 10
+    default_max_count = 4000
+    train_pool = (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659)
+
+    def _read(self, split):
+        return read_svhn(self.data_dir, split)
+
+    def _download(self):
+        from torchvision.datasets import SVHN
+
+        for split in ("train", "test"):
+            SVHN(str(self.data_dir), split=split, download=True)
+
+    def _transforms(self):
+        # digits: no horizontal flip
+        return small_image_transforms("svhn", 32, crop_padding=4 if self.augment else 0)
+
+
+class STL10LTDataModule(_InMemoryLTDataModule):
+    """STL-10-LT (Yang et al. report it) from ``data_dir/stl10_binary``; 500 labelled images a class."""
+
+    dataset_num_classes = 10
+    default_max_count = 500
+    train_pool = (500,) * 10
+
+    def _read(self, split):
+        return read_stl10(self.data_dir, split)
+
+    def _download(self):
+        from torchvision.datasets import STL10
+
+        for split in ("train", "test"):
+            STL10(str(self.data_dir), split=split, download=True)
+
+    def _transforms(self):
+        return small_image_transforms("stl10", 96, crop_padding=12 if self.augment else 0, flip=self.augment)
+
+
+class DigitsLTDataModule(LongTailDataModule):
+    """The embedded default: scikit-learn's bundled 8×8 digits (1,797 images) made long-tailed.
+
+    Per class (seeded), ``test_per_class`` images form the balanced test set; from the rest the
+    long-tailed training split takes ``long_tail_counts(10, max_count, imbalance_ratio, profile)``.
+    Inputs are ``[1, 8, 8]`` floats in [0, 1]. Default shot thresholds suit its size: many > 60,
+    few < 20 (3 / 3 / 4 classes at the defaults). Runs anywhere, no download, seconds on a CPU.
+    """
+
+    def __init__(
+        self,
+        imbalance_ratio: float = 20.0,
+        profile: str = "exp",
+        max_count: int = 120,
+        test_per_class: int = 50,
+        val_per_class: int = 0,
+        many_threshold: int = 60,
+        few_threshold: int = 20,
+        **kwargs,
+    ) -> None:
+        super().__init__(many_threshold=many_threshold, few_threshold=few_threshold, **kwargs)
+        if test_per_class < 1:
+            raise ValueError(f"test_per_class must be >= 1, got {test_per_class}")
+        self.imbalance_ratio = imbalance_ratio
+        self.profile = profile
+        self.max_count = max_count
+        self.test_per_class = test_per_class
+        self.val_per_class = val_per_class
+        counts = long_tail_counts(10, max_count, imbalance_ratio, profile)
+        pool_min = 174 - test_per_class - val_per_class  # the smallest digit class has 174 images
+        if max(counts) > pool_min:
+            raise ValueError(
+                f"max_count={max_count} is too large: with test_per_class={test_per_class} and "
+                f"val_per_class={val_per_class} every class has at least {pool_min} images left"
+            )
+        self._set_class_counts(counts)
+
+    def _build_datasets(self):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        inputs = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        labels = np.asarray(digits.target, dtype=np.int64)
+        per_class = np.bincount(labels, minlength=10)
+        # Hold out a balanced test set first, then draw the long-tailed split from the rest.
+        pool_counts = (per_class - self.test_per_class).tolist()
+        pool_idx, test_idx = long_tail_split(
+            labels, pool_counts, seed=self.seed, val_per_class=self.test_per_class
+        )
+        train_rel, val_rel = long_tail_split(
+            labels[pool_idx], self.class_counts, seed=self.seed + 1, val_per_class=self.val_per_class
+        )
+        train_idx, val_idx = pool_idx[train_rel], pool_idx[val_rel]
+        labels_t = torch.as_tensor(labels)
+        train = TensorFeatureDataset(inputs[train_idx], labels_t[train_idx])
+        test = TensorFeatureDataset(inputs[test_idx], labels_t[test_idx])
+        val = TensorFeatureDataset(inputs[val_idx], labels_t[val_idx]) if self.val_per_class else test
+        return train, train, val, test
+
+
+class SyntheticLTDataModule(LongTailDataModule):
+    """Gaussian class clusters with a long-tailed profile, for fast tests and unconstrained-feature work.
+
+    Class centres are random directions of norm ``center_norm`` in ``feature_dim`` dimensions; samples
+    are centre + ``noise_std`` · N(0, I). Everything is drawn from one generator seeded by ``seed``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        feature_dim: int = 32,
+        max_count: int = 200,
+        imbalance_ratio: float = 20.0,
+        profile: str = "exp",
+        test_per_class: int = 50,
+        val_per_class: int = 0,
+        center_norm: float = 3.0,
+        noise_std: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        if test_per_class < 1:
+            raise ValueError(f"test_per_class must be >= 1, got {test_per_class}")
+        self.feature_dim = feature_dim
+        self.test_per_class = test_per_class
+        self.val_per_class = val_per_class
+        self.center_norm = center_norm
+        self.noise_std = noise_std
+        self._set_class_counts(long_tail_counts(num_classes, max_count, imbalance_ratio, profile))
+
+    def _draw(self, counts: list[int], centers: torch.Tensor, g: torch.Generator) -> TensorFeatureDataset:
+        labels = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
+        noise = torch.randn(len(labels), self.feature_dim, generator=g) * self.noise_std
+        return TensorFeatureDataset(centers[labels] + noise, labels)
+
+    def _build_datasets(self):
+        g = torch.Generator().manual_seed(self.seed)
+        centers = torch.randn(self.num_classes, self.feature_dim, generator=g)
+        centers = self.center_norm * centers / centers.norm(dim=1, keepdim=True)
+        train = self._draw(self.class_counts, centers, g)
+        test = self._draw([self.test_per_class] * self.num_classes, centers, g)
+        val = self._draw([self.val_per_class] * self.num_classes, centers, g) if self.val_per_class else test
+        return train, train, val, test
+
+
+class _SplitFileLTDataModule(LongTailDataModule):
+    """Image root + split files (``<relative path> <label>`` a line, labels 0-based).
+
+    ``class_counts`` comes from the training split file, read in ``__init__``. Split files given as
+    relative paths are looked up under ``data_dir`` first. With ``check_files`` every listed image is
+    checked to exist in ``setup``.
+    """
+
+    default_num_classes: int = 1000
+    default_files: tuple[str, str, str] = ("", "", "")
+    color_jitter: bool = True
+    normalization: str = "imagenet"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        num_classes: int | None = None,
+        check_files: bool = True,
+        image_size: int = 224,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = _resolve_dir(data_dir)
+        k = int(num_classes or self.default_num_classes)
+        files = [self._locate(f or d) for f, d in zip((train_file, val_file, test_file), self.default_files)]
+        self.train_file, self.val_file, self.test_file = files
+        self.check_files = check_files
+        self.image_size = image_size
+        self._train_split = read_split_file(self.train_file, self.data_dir, k)
+        counts = np.bincount(self._train_split[1], minlength=k).tolist()
+        self._set_class_counts(counts)
+
+    def _locate(self, name: str) -> Path:
+        path = Path(os.path.expanduser(name))
+        if not path.is_absolute() and not path.is_file() and (self.data_dir / path).is_file():
+            path = self.data_dir / path
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"split file {name!r} not found (looked in the working directory and in {self.data_dir}); "
+                "pass train_file/val_file/test_file"
+            )
+        return path
+
+    def _dataset(self, split: tuple[list[str], np.ndarray], transform) -> SplitFileDataset:
+        paths, labels = split
+        if self.check_files:
+            missing = [p for p in paths if not (self.data_dir / p).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} images listed in the split files are missing under {self.data_dir}, "
+                    f"e.g. {missing[0]!r}"
+                )
+        return SplitFileDataset(self.data_dir, paths, labels, transform)
+
+    def _build_datasets(self):
+        train_tf, eval_tf = imagenet_transforms(self.color_jitter, self.normalization, self.image_size)
+        k = self.num_classes
+        train = self._dataset(self._train_split, train_tf)
+        train_eval = SplitFileDataset(self.data_dir, train.paths, train.targets, eval_tf)
+        val = self._dataset(read_split_file(self.val_file, self.data_dir, k), eval_tf)
+        test = (
+            val
+            if self.test_file == self.val_file
+            else self._dataset(read_split_file(self.test_file, self.data_dir, k), eval_tf)
+        )
+        return train, train_eval, val, test
+
+
+class ImageNetLTDataModule(_SplitFileLTDataModule):
+    """ImageNet-LT (Liu et al. 2019): 1,000 classes, 115,846 training images; val 20/class, test 50/class."""
+
+    default_num_classes = 1000
+    default_files = ("ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt")
+
+
+class PlacesLTDataModule(_SplitFileLTDataModule):
+    """Places-LT: 365 classes, 62,500 training images; val 20/class, test 100/class."""
+
+    default_num_classes = 365
+    default_files = ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt")
+
+
+class INaturalist2018DataModule(_SplitFileLTDataModule):
+    """iNaturalist-2018: 8,142 classes, ~437.5k training images. Its 3/class "val" split is the test
+    split; validation uses the same file unless ``val_file`` names another. No colour jitter."""
+
+    default_num_classes = 8142
+    default_files = ("iNaturalist18_train.txt", "iNaturalist18_val.txt", "iNaturalist18_val.txt")
+    color_jitter = False
+    normalization = "inat"
