@@ -1,0 +1,146 @@
+"""Losses and mixup, as pure functions: the dot-regression (DR) loss of Yang et al. NeurIPS 2022 and
+mixup (Zhang et al. ICLR 2018).
+
+Nothing here synchronises with the device: class counts use ``index_add_`` (``torch.bincount`` on CUDA
+reads the maximum label back to the host), and mixup's lambda is drawn on the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["dot_regression_loss", "mixup_batch", "mixup_cross_entropy"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+# Yang's code clamps the feature norm at this value before dividing by it.
+_NORM_EPS = 1e-8
+
+
+def _batch_class_counts(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``[K]`` counts of ``labels`` as ``dtype``, without a host sync (unlike CUDA ``bincount``)."""
+    counts = torch.zeros(num_classes, dtype=dtype, device=labels.device)
+    return counts.index_add_(0, labels, torch.ones(labels.shape, dtype=dtype, device=labels.device))
+
+
+def dot_regression_loss(
+    features: Tensor,
+    etf: Tensor,
+    labels: Tensor,
+    *,
+    class_balanced: bool = True,
+    reg_lambda: float = 0.0,
+    reduction: str = "mean",
+    count_labels: Tensor | None = None,
+) -> Tensor:
+    """Dot-regression loss of a fixed simplex-ETF classifier (Yang et al. NeurIPS 2022, as coded).
+
+    For sample i with target row ``w = ETF'[y_i]``:
+    ``l_i = 1/2 (h_i . w - ||w|| ||h_i||)^2 / ||h_i||`` with both norms detached (so the gradient is
+    ``(h_i . w - ||w|| ||h_i||) w / ||h_i||``: it only pulls ``h_i`` along ``w``). With
+    ``class_balanced`` the target rows are rescaled per batch: ``ETF'[c] = sqrt(gamma / n_c) ETF[c]``,
+    ``n_c`` = count of class c in the batch, ``gamma = B / (number of distinct classes in the batch)``;
+    otherwise ``ETF' = ETF``. ``reg_lambda > 0`` adds ``reg_lambda * ||h_i||`` per sample (not detached),
+    i.e. ``+ reg_lambda * mean ||h||`` for the mean.
+
+    Mixup: ``lam * loss(h, etf, y_a, count_labels=y) + (1 - lam) * loss(h, etf, y_b, count_labels=y)``
+    takes the balancing counts from the un-mixed labels ``y`` (a permutation has the same counts).
+
+    Args:
+        features: ``[N, d]`` features h (after the feature neck).
+        etf: ``[K, d]`` fixed classifier (unscaled).
+        labels: ``[N]`` integer targets.
+        class_balanced: per-batch class-balanced rescaling of the targets (Yang's default).
+        reg_lambda: weight of the feature-norm penalty, >= 0.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``[N]`` per-sample losses).
+        count_labels: ``[B]`` labels whose counts define ``n_c`` and ``gamma`` (default: ``labels``).
+
+    Returns:
+        Scalar loss (or ``[N]`` for ``reduction="none"``).
+    """
+    if features.ndim != 2 or etf.ndim != 2 or features.shape[1] != etf.shape[1]:
+        raise ValueError(
+            f"expected features [N, d] and etf [K, d] with the same d, got {tuple(features.shape)} and "
+            f"{tuple(etf.shape)}"
+        )
+    if labels.shape != (features.shape[0],):
+        raise ValueError(f"labels must have shape [{features.shape[0]}], got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if reg_lambda < 0:
+        raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
+
+    target = etf[labels]  # [N, d]
+    if class_balanced:
+        cl = labels if count_labels is None else count_labels
+        if cl.ndim != 1:
+            raise ValueError(f"count_labels must be 1-D, got shape {tuple(cl.shape)}")
+        counts = _batch_class_counts(cl, etf.shape[0], target.dtype)  # [K]
+        gamma = cl.numel() / (counts > 0).sum().to(counts.dtype).clamp_min(1.0)
+        # Absent classes get count 1 only to keep the (unused) entries finite.
+        scale = (gamma / counts.clamp_min(1.0)).sqrt()
+        target = target * scale[labels].unsqueeze(1)
+
+    h_norm = features.norm(dim=1)
+    h_len = h_norm.detach().clamp_min(_NORM_EPS)
+    w_len = target.norm(dim=1).detach()
+    dot = (features * target).sum(1)
+    loss = 0.5 * (dot - w_len * h_len).pow(2) / h_len
+    if reg_lambda > 0:
+        loss = loss + reg_lambda * h_norm
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def mixup_batch(
+    x: Tensor, y: Tensor, alpha: float, *, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Mixup (Zhang et al. ICLR 2018): ``x' = lam x + (1 - lam) x[perm]`` with ``lam ~ Beta(alpha, alpha)``.
+
+    ``lam`` is drawn on the host from ``generator`` (a CPU generator; no device sync) and returned as a
+    Python float; ``alpha = 0`` gives ``lam = 1`` (no mixing), as in the authors' code. The permutation
+    is drawn on ``x``'s device when the generator lives there, otherwise on the CPU and copied over.
+
+    Args:
+        x: ``[N, ...]`` inputs.
+        y: ``[N]`` labels.
+        alpha: Beta concentration, >= 0.
+        generator: source of randomness (default: torch's global generators). Use a CPU generator: a
+            CUDA one makes drawing lambda a device sync.
+
+    Returns:
+        ``(x_mixed, y_a, y_b, lam)`` with ``y_a = y`` and ``y_b = y[perm]``; combine losses as
+        ``lam * loss(y_a) + (1 - lam) * loss(y_b)``.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
+        raise ValueError(f"mixup alpha must be a float >= 0, got {alpha!r}")
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(f"x and y must have the same batch size, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if alpha > 0:
+        # torch has no Beta sampler that takes a generator: seed numpy's from it (host-only).
+        gen_device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device))
+        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    else:
+        lam = 1.0
+    n = x.shape[0]
+    if generator is None or generator.device.type == x.device.type:
+        perm = torch.randperm(n, generator=generator, device=x.device)
+    else:
+        perm = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
+    x_mixed = lam * x + (1.0 - lam) * x[perm]
+    return x_mixed, y, y[perm], lam
+
+
+def mixup_cross_entropy(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, **ce_kwargs) -> Tensor:
+    """``lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b)``; ``ce_kwargs`` go to ``F.cross_entropy``."""
+    return lam * F.cross_entropy(logits, y_a, **ce_kwargs) + (1.0 - lam) * F.cross_entropy(
+        logits, y_b, **ce_kwargs
+    )

@@ -1,0 +1,41 @@
+"""Backbones, classifier heads and (in :mod:`lt_lightning.nn.functional`) their pure-tensor maths."""
+
+from lt_lightning.nn.backbones import (
+    BACKBONE_NAMES,
+    MLP,
+    BasicBlock,
+    CIFARResNet32,
+    FixDim,
+    TDEResNet32,
+    TorchvisionResNet,
+    build_backbone,
+)
+from lt_lightning.nn.heads import (
+    CausalNormHead,
+    ClassifierHead,
+    ETFHead,
+    FeatureNeck,
+    LinearHead,
+    LWSHead,
+    NCMHead,
+    TauNormHead,
+)
+
+__all__ = [
+    "BACKBONE_NAMES",
+    "MLP",
+    "BasicBlock",
+    "CIFARResNet32",
+    "CausalNormHead",
+    "ClassifierHead",
+    "ETFHead",
+    "FeatureNeck",
+    "FixDim",
+    "LWSHead",
+    "LinearHead",
+    "NCMHead",
+    "TDEResNet32",
+    "TauNormHead",
+    "TorchvisionResNet",
+    "build_backbone",
+]

@@ -1,0 +1,324 @@
+"""Feature extractors. Every backbone is an ``nn.Module`` with an int ``out_features`` (d) whose
+``forward(x)`` returns the pooled, flattened penultimate features ``[N, d]``.
+
+- :class:`CIFARResNet32`: He et al. CVPR 2016 CIFAR ResNet-32 (width 16 -> 64-d, width 32 -> 128-d).
+- :class:`TDEResNet32`: Tang et al. NeurIPS 2020 variant whose last stage ends in two parallel blocks.
+- :class:`TorchvisionResNet`: torchvision ResNet/ResNeXt without its ``fc`` (optional CIFAR stem).
+- :class:`MLP`: for digits (``[N, 1, 8, 8]``) and synthetic (``[N, D]``) data.
+- :func:`build_backbone`: by name, with Zhu et al.'s ``fixdim`` projection to K dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+__all__ = [
+    "BACKBONE_NAMES",
+    "MLP",
+    "BasicBlock",
+    "CIFARResNet32",
+    "FixDim",
+    "TDEResNet32",
+    "TorchvisionResNet",
+    "build_backbone",
+]
+
+
+def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual connection (He et al. 2016).
+
+    When the shape changes the shortcut is a 1x1 conv + BN projection ("option B"); the LDAM/TDE CIFAR
+    code uses zero-padding ("option A"); B adds a few parameters and trains at least as well.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_ch, out_ch, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = _conv3x3(out_ch, out_ch)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def _stage(in_ch: int, out_ch: int, num_blocks: int, stride: int) -> nn.Sequential:
+    blocks = [BasicBlock(in_ch, out_ch, stride)]
+    blocks += [BasicBlock(out_ch, out_ch) for _ in range(num_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
+def _init_resnet(module: nn.Module) -> None:
+    # He et al.: Kaiming-normal convs (fan_out), BN at (1, 0).
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class CIFARResNet32(nn.Module):
+    """CIFAR ResNet-32 (He et al. CVPR 2016): 3x3 stem, 3 stages x 5 basic blocks, global average pool.
+
+    Stage widths are ``width * (1, 2, 4)`` at strides 1, 2, 2, so ``out_features = 4 * width``: 64 for
+    the standard width 16, 128 for width 32 (Yang et al.'s CIFAR-100 choice, so that d >= K - 1).
+    Projection (1x1 conv + BN) shortcuts, see :class:`BasicBlock`.
+
+    Args:
+        width: channels of the first stage.
+        in_channels: input channels.
+        num_blocks: basic blocks per stage (5 for 6n+2 = 32 layers).
+    """
+
+    def __init__(self, width: int = 16, in_channels: int = 3, num_blocks: int = 5) -> None:
+        super().__init__()
+        _check_positive_int("width", width)
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("num_blocks", num_blocks)
+        self.stem = nn.Sequential(_conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.layer1 = _stage(width, width, num_blocks, 1)
+        self.layer2 = _stage(width, 2 * width, num_blocks, 2)
+        self.layer3 = _stage(2 * width, 4 * width, num_blocks, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = 4 * width
+        _init_resnet(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Unpooled last feature map ``[N, d, H', W']``."""
+        return self.layer3(self.layer2(self.layer1(self.stem(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.forward_features(x)).flatten(1)
+
+
+class TDEResNet32(nn.Module):
+    """ResNet-32 of Tang et al. (NeurIPS 2020) for CIFAR: 128-d features from two parallel last blocks.
+
+    Stem and stages 1-2 as :class:`CIFARResNet32` (width 16); stage 3 has 4 shared blocks (the first at
+    stride 2) and then two parallel 64-channel blocks whose outputs are concatenated along channels
+    (2 x 64 = 128), so each path is still 32 layers deep. ``out_features = 128``.
+
+    Args:
+        in_channels: input channels.
+    """
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        width = 16
+        self.stem = nn.Sequential(_conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.layer1 = _stage(width, width, 5, 1)
+        self.layer2 = _stage(width, 2 * width, 5, 2)
+        self.layer3 = _stage(2 * width, 4 * width, 4, 2)
+        self.branch1 = BasicBlock(4 * width, 4 * width)
+        self.branch2 = BasicBlock(4 * width, 4 * width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = 8 * width
+        _init_resnet(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Unpooled concatenated feature map ``[N, 128, H', W']``."""
+        shared = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return torch.cat([self.branch1(shared), self.branch2(shared)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.forward_features(x)).flatten(1)
+
+
+TORCHVISION_ARCHS = ("resnet18", "resnet50", "resnext50_32x4d", "resnet152")
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet/ResNeXt with ``fc`` removed: ``forward`` gives the pooled features.
+
+    Always built with ``weights=None`` (nothing is downloaded). For pretrained weights (e.g. Kang's
+    Places-LT recipe starts from an ImageNet ResNet-152) save a torchvision state dict yourself and
+    pass its path as ``weights_path``: ``fc.*`` keys are dropped and the rest must match exactly.
+
+    Args:
+        arch: ``"resnet18"`` (512-d), ``"resnet50"``, ``"resnext50_32x4d"``, ``"resnet152"`` (2048-d).
+        cifar_stem: replace the 7x7/2 stem conv with a 3x3/1 conv and drop the max-pool (32x32 inputs).
+        in_channels: input channels (a new stem conv when != 3).
+        weights_path: a ``torch.save``-d state dict (optionally under a ``"state_dict"`` key) to load.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        cifar_stem: bool = False,
+        in_channels: int = 3,
+        weights_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if arch not in TORCHVISION_ARCHS:
+            raise ValueError(f"arch must be one of {TORCHVISION_ARCHS}, got {arch!r}")
+        _check_positive_int("in_channels", in_channels)
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.out_features = int(net.fc.in_features)
+        net.fc = nn.Identity()
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if cifar_stem or in_channels != 3:
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.arch = arch
+        self.net = net
+        if weights_path is not None:
+            self.load_backbone_weights(weights_path)
+
+    def load_backbone_weights(self, path: str | Path) -> None:
+        """Load a torchvision-style state dict from ``path``, ignoring ``fc.*``; strict otherwise."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights_path {str(path)!r} is not a file")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(state).__name__})")
+        state = {
+            k.removeprefix("net."): v
+            for k, v in state.items()
+            if not k.removeprefix("net.").startswith("fc.")
+        }
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"weights in {str(path)!r} do not fit {self.arch}: {err}") from err
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class MLP(nn.Module):
+    """Multi-layer perceptron on flattened inputs: ``(Linear -> [BatchNorm1d] -> ReLU)`` per layer.
+
+    Layer widths are ``hidden`` followed by ``out_features`` if given; the features are the last
+    layer's post-ReLU activations (like a ResNet's pooled features), so ``out_features`` =
+    ``out_features or hidden[-1]`` (``in_features`` when there is no layer at all).
+
+    Args:
+        in_features: flattened input size (64 for 8x8 digits).
+        hidden: hidden widths.
+        out_features: width of an extra last layer (the feature dimension), or ``None``.
+        batchnorm: BatchNorm1d after every Linear.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (256, 256),
+        out_features: int | None = None,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        widths = [int(_check_positive_int("hidden width", h)) for h in hidden]
+        if out_features is not None:
+            widths.append(_check_positive_int("out_features", out_features))
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = in_features
+        for w in widths:
+            layers.append(nn.Linear(prev, w, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(w))
+            layers.append(nn.ReLU(inplace=True))
+            prev = w
+        self.layers = nn.Sequential(*layers)
+        self.in_features = in_features
+        self.out_features = prev
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2 or x[0].numel() != self.in_features:
+            raise ValueError(
+                f"MLP expects inputs [N, ...] with {self.in_features} values each, got {tuple(x.shape)}"
+            )
+        return self.layers(x)
+
+
+class FixDim(nn.Module):
+    """Zhu et al. (NeurIPS 2021) ``fixdim``: make the feature dimension equal to K.
+
+    Appends ``Linear(d, K) -> BatchNorm1d(K) -> ReLU`` to a backbone, so features stay post-activation
+    like the backbone's own. ``out_features = K``.
+
+    Args:
+        backbone: a module with ``out_features``.
+        num_classes: K.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        _check_positive_int("num_classes", num_classes)
+        self.backbone = backbone
+        self.project = nn.Sequential(
+            nn.Linear(int(backbone.out_features), num_classes, bias=False),
+            nn.BatchNorm1d(num_classes),
+            nn.ReLU(inplace=True),
+        )
+        self.out_features = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.backbone(x))
+
+
+BACKBONE_NAMES = ("resnet32", "resnet32_tde", *TORCHVISION_ARCHS, "mlp")
+
+
+def build_backbone(
+    name: str, *, num_classes: int | None = None, fixdim: bool = False, **kwargs: object
+) -> nn.Module:
+    """Build a backbone by name.
+
+    Args:
+        name: one of ``BACKBONE_NAMES``: ``"resnet32"`` (:class:`CIFARResNet32`), ``"resnet32_tde"``
+            (:class:`TDEResNet32`), ``"resnet18"``, ``"resnet50"``, ``"resnext50_32x4d"``,
+            ``"resnet152"`` (:class:`TorchvisionResNet`), ``"mlp"`` (:class:`MLP`).
+        num_classes: K; required with ``fixdim``.
+        fixdim: append :class:`FixDim` so that ``out_features = K``.
+        **kwargs: passed to the backbone's constructor.
+
+    Returns:
+        The backbone (with ``out_features``).
+    """
+    if name == "resnet32":
+        backbone: nn.Module = CIFARResNet32(**kwargs)
+    elif name == "resnet32_tde":
+        backbone = TDEResNet32(**kwargs)
+    elif name in TORCHVISION_ARCHS:
+        backbone = TorchvisionResNet(arch=name, **kwargs)
+    elif name == "mlp":
+        backbone = MLP(**kwargs)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
+    if fixdim:
+        if num_classes is None:
+            raise ValueError("fixdim=True needs num_classes (the feature dimension becomes K)")
+        backbone = FixDim(backbone, num_classes)
+    return backbone

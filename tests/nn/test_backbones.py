@@ -1,0 +1,162 @@
+"""Contract tests for every backbone: [N, out_features] features, backward, fixdim, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lt_lightning.nn import (
+    BACKBONE_NAMES,
+    MLP,
+    CIFARResNet32,
+    FixDim,
+    TDEResNet32,
+    TorchvisionResNet,
+    build_backbone,
+)
+
+EXPECTED_DIM = {
+    "resnet32": 64,
+    "resnet32_tde": 128,
+    "resnet18": 512,
+    "resnet50": 2048,
+    "resnext50_32x4d": 2048,
+    "resnet152": 2048,
+    "mlp": 256,
+}
+
+
+def _make(name: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    if name == "mlp":
+        return build_backbone(name, in_features=64, **kwargs), torch.randn(4, 1, 8, 8)
+    if name == "resnet18":
+        kwargs.setdefault("cifar_stem", True)
+    return build_backbone(name, **kwargs), torch.randn(2, 3, 32, 32)
+
+
+def test_every_name_is_covered() -> None:
+    assert set(BACKBONE_NAMES) == set(EXPECTED_DIM)
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_backbone_contract(name: str) -> None:
+    net, x = _make(name)
+    assert isinstance(net.out_features, int) and net.out_features == EXPECTED_DIM[name]
+    feats = net(x)
+    assert feats.shape == (x.shape[0], net.out_features)
+    assert torch.isfinite(feats).all()
+    assert (feats >= 0).all()  # pooled post-ReLU activations
+    feats.square().mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["resnet32", "resnet32_tde", "resnet18", "mlp"])
+def test_fixdim_gives_num_classes(name: str) -> None:
+    net, x = _make(name, num_classes=7, fixdim=True)
+    assert isinstance(net, FixDim) and net.out_features == 7
+    feats = net(x)
+    assert feats.shape == (x.shape[0], 7)
+    feats.sum().backward()
+    assert net.project[0].weight.grad is not None
+
+
+def test_fixdim_needs_num_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        build_backbone("resnet32", fixdim=True)
+
+
+def test_unknown_backbone_lists_names() -> None:
+    with pytest.raises(ValueError, match="resnet32_tde"):
+        build_backbone("vgg16")
+
+
+def test_cifar_resnet32_depth_width_and_eval_determinism() -> None:
+    net = CIFARResNet32(width=32)
+    assert net.out_features == 128
+    convs3 = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs3) == 31  # + the classifier = 32 weighted layers (6n + 2, n = 5)
+    x = torch.randn(2, 3, 32, 32)
+    fmap = net.forward_features(x)
+    assert fmap.shape == (2, 128, 8, 8)
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    assert torch.allclose(net(x), net.forward_features(x).mean((2, 3)), atol=1e-6)
+
+
+def test_cifar_resnet32_in_channels() -> None:
+    net = CIFARResNet32(in_channels=1)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 64)
+
+
+def test_tde_resnet32_concatenates_two_branches() -> None:
+    net = TDEResNet32().eval()
+    x = torch.randn(2, 3, 32, 32)
+    feats = net(x)
+    shared = net.layer3(net.layer2(net.layer1(net.stem(x))))
+    assert torch.allclose(feats[:, :64], net.branch1(shared).mean((2, 3)), atol=1e-6)
+    assert torch.allclose(feats[:, 64:], net.branch2(shared).mean((2, 3)), atol=1e-6)
+    assert not torch.allclose(feats[:, :64], feats[:, 64:])
+
+
+def test_torchvision_cifar_stem_and_channels() -> None:
+    plain = TorchvisionResNet("resnet18")
+    stem = TorchvisionResNet("resnet18", cifar_stem=True, in_channels=1)
+    assert plain.net.conv1.kernel_size == (7, 7) and isinstance(plain.net.maxpool, nn.MaxPool2d)
+    assert stem.net.conv1.kernel_size == (3, 3) and stem.net.conv1.stride == (1, 1)
+    assert isinstance(stem.net.maxpool, nn.Identity) and stem.net.conv1.in_channels == 1
+    assert stem(torch.randn(2, 1, 16, 16)).shape == (2, 512)
+    assert not hasattr(plain.net.fc, "weight")
+
+
+def test_torchvision_weights_path_roundtrip(tmp_path) -> None:
+    import torchvision
+
+    torch.manual_seed(1)
+    src = torchvision.models.resnet18(weights=None)  # a full torchvision model, fc included
+    path = tmp_path / "r18.pt"
+    torch.save(src.state_dict(), path)
+    net = TorchvisionResNet("resnet18", weights_path=str(path)).eval()
+    src.eval()
+    src.fc = nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(net(x), src(x), atol=1e-6)
+    # a Lightning-style {"state_dict": ...} with our own "net." prefix works too
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "wrapped.pt")
+    again = TorchvisionResNet("resnet18", weights_path=tmp_path / "wrapped.pt").eval()
+    assert torch.allclose(again(x), net(x), atol=1e-6)
+
+
+def test_torchvision_weights_path_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing"):
+        TorchvisionResNet("resnet18", weights_path=tmp_path / "missing.pt")
+    torch.save(TorchvisionResNet("resnet18").state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(ValueError, match="resnet50"):
+        TorchvisionResNet("resnet50", weights_path=tmp_path / "r18.pt")
+    with pytest.raises(ValueError, match="arch"):
+        TorchvisionResNet("resnet34")
+
+
+def test_mlp_variants() -> None:
+    assert MLP(10)(torch.randn(3, 10)).shape == (3, 256)
+    net = MLP(64, hidden=(32,), out_features=16, batchnorm=False)
+    assert net.out_features == 16
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in net.modules())
+    assert net(torch.randn(3, 1, 8, 8)).shape == (3, 16)
+    assert MLP(5, hidden=()).out_features == 5
+    with pytest.raises(ValueError, match="64"):
+        net(torch.randn(3, 10))
+    with pytest.raises(ValueError, match="hidden"):
+        MLP(5, hidden=(0,))
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [(CIFARResNet32, {"width": 0}), (CIFARResNet32, {"in_channels": 2.5}), (MLP, {"in_features": -1})],
+)
+def test_bad_constructor_args(cls, kwargs) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        cls(**kwargs)

@@ -1,0 +1,286 @@
+"""lt_lightning.losses against per-sample loop references and finite differences."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lt_lightning.losses import dot_regression_loss, mixup_batch, mixup_cross_entropy
+from lt_lightning.nn.functional import simplex_etf
+
+
+def ref_dot_regression(h, etf, labels, *, class_balanced=True, reg_lambda=0.0, count_labels=None):
+    """Per-sample losses, straight from Yang et al.'s definition (numpy, float64)."""
+    h, etf = np.asarray(h, np.float64), np.asarray(etf, np.float64)
+    labels = [int(y) for y in labels]
+    cl = labels if count_labels is None else [int(y) for y in count_labels]
+    counts = Counter(cl)
+    gamma = len(cl) / len(counts)
+    out = []
+    for hi, y in zip(h, labels):
+        w = etf[y] * (math.sqrt(gamma / counts[y]) if class_balanced else 1.0)
+        hn, wn = np.linalg.norm(hi), np.linalg.norm(w)
+        out.append(0.5 * (np.dot(hi, w) - wn * hn) ** 2 / hn + reg_lambda * hn)
+    return np.array(out)
+
+
+def _batch(n=12, k=5, d=8, seed=0, labels=None):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64)
+    etf = simplex_etf(k, d, generator=g, dtype=torch.float64)
+    if labels is None:
+        labels = torch.randint(0, k, (n,), generator=g)
+    return h, etf, labels
+
+
+LABEL_CASES = {
+    "random": None,
+    "long_tail": torch.tensor([0] * 8 + [1] * 3 + [3]),  # classes 2 and 4 absent
+    "single_class": torch.full((12,), 2),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_CASES))
+@pytest.mark.parametrize("class_balanced", [True, False])
+@pytest.mark.parametrize("reg_lambda", [0.0, 0.3])
+def test_dot_regression_loss_vs_loop(case, class_balanced, reg_lambda) -> None:
+    h, etf, labels = _batch(labels=LABEL_CASES[case])
+    per = dot_regression_loss(
+        h, etf, labels, class_balanced=class_balanced, reg_lambda=reg_lambda, reduction="none"
+    )
+    ref = ref_dot_regression(h, etf, labels, class_balanced=class_balanced, reg_lambda=reg_lambda)
+    assert np.allclose(per.numpy(), ref, rtol=1e-10, atol=1e-12)
+    mean = dot_regression_loss(h, etf, labels, class_balanced=class_balanced, reg_lambda=reg_lambda)
+    total = dot_regression_loss(
+        h, etf, labels, class_balanced=class_balanced, reg_lambda=reg_lambda, reduction="sum"
+    )
+    assert math.isclose(float(mean), ref.mean(), rel_tol=1e-10)
+    assert math.isclose(float(total), ref.sum(), rel_tol=1e-10)
+
+
+def test_dot_regression_loss_more_classes_than_batch() -> None:
+    h, etf, labels = _batch(n=4, k=20, d=32, labels=torch.tensor([17, 3, 3, 0]))
+    got = dot_regression_loss(h, etf, labels, reduction="none")
+    assert np.allclose(got.numpy(), ref_dot_regression(h, etf, labels), rtol=1e-10)
+
+
+def test_dot_regression_loss_class_balance_property() -> None:
+    # with the rescaling, every present class carries the same total squared target norm gamma
+    h, etf, labels = _batch(labels=LABEL_CASES["long_tail"])
+    counts = Counter(labels.tolist())
+    gamma = labels.numel() / len(counts)
+    # for h = target direction, l_i = 0; for h orthogonal to it, l_i = ||w||^2 ||h|| / 2 = ||w||^2 / 2
+    for c, n_c in counts.items():  # n_c samples share gamma / 2 between them
+        w = etf[c]
+        ortho = torch.randn(8, dtype=torch.float64)
+        ortho = ortho - (ortho @ w) * w  # unit rows: remove the component along w
+        ortho = ortho / ortho.norm()
+        feats = h.clone()
+        feats[labels == c] = ortho
+        per = dot_regression_loss(feats, etf, labels, reduction="none")
+        assert torch.allclose(per[labels == c].sum(), torch.tensor(gamma / 2, dtype=torch.float64))
+        assert n_c > 0
+
+
+def test_dot_regression_loss_zero_at_target_and_scale_invariance() -> None:
+    _, etf, labels = _batch()
+    h = 3.0 * etf[labels]
+    assert float(dot_regression_loss(h, etf, labels, class_balanced=False)) == pytest.approx(0.0, abs=1e-20)
+    # class-balanced targets are rescaled copies of the rows: still zero loss along them
+    assert float(dot_regression_loss(h, etf, labels)) == pytest.approx(0.0, abs=1e-20)
+
+
+def test_dot_regression_loss_zero_feature_is_finite() -> None:
+    h, etf, labels = _batch()
+    h[0] = 0.0
+    h.requires_grad_(True)
+    loss = dot_regression_loss(h, etf, labels, reg_lambda=0.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(h.grad).all()
+
+
+def _frozen_norm_loss(h: np.ndarray, targets: np.ndarray, w_len: np.ndarray, h_len: np.ndarray) -> float:
+    """Mean DR loss with both norms held at constants (what detaching means)."""
+    dots = np.sum(h * targets, axis=1)
+    return float(np.mean(0.5 * (dots - w_len * h_len) ** 2 / h_len))
+
+
+@pytest.mark.parametrize("class_balanced", [True, False])
+def test_dot_regression_loss_gradient_uses_detached_norms(class_balanced: bool) -> None:
+    h, etf, labels = _batch(n=6, k=4, d=5, seed=3, labels=torch.tensor([0, 0, 0, 1, 2, 2]))
+    h.requires_grad_(True)
+    dot_regression_loss(h, etf, labels, class_balanced=class_balanced).backward()
+    got = h.grad.numpy()
+
+    hn = h.detach().numpy()
+    counts = Counter(labels.tolist())
+    gamma = labels.numel() / len(counts)
+    scale = np.array([math.sqrt(gamma / counts[int(y)]) if class_balanced else 1.0 for y in labels])
+    targets = etf.numpy()[labels.numpy()] * scale[:, None]
+    w_len, h_len = np.linalg.norm(targets, axis=1), np.linalg.norm(hn, axis=1)
+    # analytic: dl_i/dh_i = (h.w - ||w|| ||h||) w / ||h||, divided by N for the mean
+    analytic = ((np.sum(hn * targets, 1) - w_len * h_len) / h_len)[:, None] * targets / len(hn)
+    assert np.allclose(got, analytic, rtol=1e-9, atol=1e-12)
+    # central finite differences of the frozen-norm loss
+    eps = 1e-6
+    fd = np.zeros_like(hn)
+    for i in range(hn.shape[0]):
+        for j in range(hn.shape[1]):
+            plus, minus = hn.copy(), hn.copy()
+            plus[i, j] += eps
+            minus[i, j] -= eps
+            fd[i, j] = (
+                _frozen_norm_loss(plus, targets, w_len, h_len)
+                - _frozen_norm_loss(minus, targets, w_len, h_len)
+            ) / (2 * eps)
+    assert np.allclose(got, fd, rtol=1e-5, atol=1e-8)
+
+    # the test can fail: the non-detached formula has a visibly different gradient
+    h2 = h.detach().clone().requires_grad_(True)
+    t = torch.from_numpy(targets)
+    hl = h2.norm(dim=1)
+    (0.5 * ((h2 * t).sum(1) - t.norm(dim=1) * hl).pow(2) / hl).mean().backward()
+    assert not np.allclose(h2.grad.numpy(), got, rtol=1e-3)
+
+
+def test_dot_regression_loss_reg_gradient_not_detached() -> None:
+    h, etf, labels = _batch(seed=5)
+    h.requires_grad_(True)
+    base = torch.autograd.grad(dot_regression_loss(h, etf, labels), h)[0]
+    with_reg = torch.autograd.grad(dot_regression_loss(h, etf, labels, reg_lambda=0.5), h)[0]
+    hd = h.detach()
+    expected = 0.5 * hd / hd.norm(dim=1, keepdim=True) / hd.shape[0]
+    assert torch.allclose(with_reg - base, expected, atol=1e-12)
+
+
+def test_dot_regression_loss_mixup_counts_from_unmixed_labels() -> None:
+    h, etf, y = _batch(n=10, labels=torch.tensor([0, 0, 0, 0, 0, 1, 1, 2, 3, 4]))
+    x_mixed, y_a, y_b, lam = mixup_batch(h, y, 1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.bincount(y_b, minlength=5), torch.bincount(y_a, minlength=5))
+    got = lam * dot_regression_loss(x_mixed, etf, y_a, count_labels=y) + (1 - lam) * dot_regression_loss(
+        x_mixed, etf, y_b, count_labels=y
+    )
+    ref = (
+        lam * ref_dot_regression(x_mixed, etf, y_a, count_labels=y).mean()
+        + (1 - lam) * ref_dot_regression(x_mixed, etf, y_b, count_labels=y).mean()
+    )
+    assert math.isclose(float(got), ref, rel_tol=1e-10)
+    # count_labels really drives the scaling
+    other = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
+    per = dot_regression_loss(h, etf, y, count_labels=other, reduction="none")
+    assert np.allclose(per.numpy(), ref_dot_regression(h, etf, y, count_labels=other), rtol=1e-10)
+    assert not torch.allclose(per, dot_regression_loss(h, etf, y, reduction="none"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"reduction": "max"}, ValueError),
+        ({"reg_lambda": -1.0}, ValueError),
+        ({"labels": torch.zeros(3, dtype=torch.long)}, ValueError),
+        ({"labels": torch.zeros(12)}, TypeError),
+        ({"etf": torch.randn(5, 7, dtype=torch.float64)}, ValueError),
+        ({"features": torch.randn(12, dtype=torch.float64)}, ValueError),
+    ],
+)
+def test_dot_regression_loss_bad_input(kwargs, exc) -> None:
+    h, etf, labels = _batch()
+    args = {"features": h, "etf": etf, "labels": labels}
+    extra = {k: v for k, v in kwargs.items() if k not in args}
+    args.update({k: v for k, v in kwargs.items() if k in args})
+    with pytest.raises(exc):
+        dot_regression_loss(args["features"], args["etf"], args["labels"], **extra)
+
+
+# ----------------------------------------------------------------------------------------------------
+# mixup
+
+
+def test_mixup_batch_formula_and_determinism() -> None:
+    x = torch.randn(16, 3, 4, 4)
+    y = torch.arange(16) % 5
+    xm, ya, yb, lam = mixup_batch(x, y, 0.4, generator=torch.Generator().manual_seed(11))
+    xm2, _, yb2, lam2 = mixup_batch(x, y, 0.4, generator=torch.Generator().manual_seed(11))
+    assert isinstance(lam, float) and 0.0 <= lam <= 1.0
+    assert lam == lam2 and torch.equal(xm, xm2) and torch.equal(yb, yb2)
+    assert torch.equal(ya, y)
+    # recover the permutation from y_b: x_mixed[i] = lam x[i] + (1 - lam) x[j] with y[j] = y_b[i]
+    matches = [
+        any(
+            torch.allclose(xm[i], lam * x[i] + (1 - lam) * x[j], atol=1e-6) and y[j] == yb[i]
+            for j in range(16)
+        )
+        for i in range(16)
+    ]
+    assert all(matches)
+    assert sorted(yb.tolist()) == sorted(y.tolist())
+
+
+def test_mixup_batch_lambda_is_beta_distributed() -> None:
+    from scipy import stats
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)
+    lams = [mixup_batch(x, y, 0.2, generator=g)[3] for _ in range(2000)]
+    assert stats.kstest(lams, stats.beta(0.2, 0.2).cdf).pvalue > 1e-3
+    assert stats.kstest(lams, stats.uniform().cdf).pvalue < 1e-6  # the check has power
+
+
+def test_mixup_batch_alpha_zero_is_identity() -> None:
+    x, y = torch.randn(5, 2), torch.arange(5)
+    xm, ya, yb, lam = mixup_batch(x, y, 0.0)
+    assert lam == 1.0 and torch.equal(xm, x) and torch.equal(ya, y)
+
+
+@pytest.mark.parametrize("alpha", [-0.5, float("nan"), "1"])
+def test_mixup_batch_bad_alpha(alpha) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        mixup_batch(torch.randn(3, 2), torch.arange(3), alpha)
+
+
+def test_mixup_batch_size_mismatch() -> None:
+    with pytest.raises(ValueError, match="batch size"):
+        mixup_batch(torch.randn(3, 2), torch.arange(4), 1.0)
+
+
+def test_mixup_cross_entropy() -> None:
+    logits = torch.randn(6, 4)
+    ya, yb = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 2, 1, 0, 0, 1])
+    got = mixup_cross_entropy(logits, ya, yb, 0.3, label_smoothing=0.1)
+    logp = torch.log_softmax(logits, 1)
+    ref = 0.0
+    for i in range(6):
+        for lam, y in ((0.3, ya[i]), (0.7, yb[i])):
+            smooth = torch.full((4,), 0.1 / 4)
+            smooth[y] += 0.9
+            ref += lam * float(-(smooth * logp[i]).sum()) / 6
+    assert math.isclose(float(got), ref, rel_tol=1e-5)
+    assert torch.allclose(mixup_cross_entropy(logits, ya, ya, 0.3), F.cross_entropy(logits, ya))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_path_has_no_host_sync_on_cuda() -> None:
+    from lt_lightning.nn.functional import causal_norm_logits
+
+    dev = torch.device("cuda")
+    h = torch.randn(32, 16, device=dev, requires_grad=True)
+    etf = simplex_etf(10, 16, device=dev)
+    y = torch.randint(0, 10, (32,), device=dev)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        xm, ya, yb, lam = mixup_batch(h, y, 1.0)
+        loss = lam * dot_regression_loss(xm, etf, ya, count_labels=y, reg_lambda=0.1) + (
+            1 - lam
+        ) * dot_regression_loss(xm, etf, yb, count_labels=y)
+        loss = loss + causal_norm_logits(h, etf, embed=h[0].detach(), alpha=1.0).sum()
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert h.grad is not None
