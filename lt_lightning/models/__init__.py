@@ -1,0 +1,16 @@
+"""LightningModules: one file per training method, plus the shared base."""
+
+from lt_lightning.models.base import LongTailModule, load_module_from_checkpoint
+from lt_lightning.models.decoupled import DecoupledModule
+from lt_lightning.models.fixed_etf import FixedETFModule
+from lt_lightning.models.joint import JointModule
+from lt_lightning.models.tde import TDEModule
+
+__all__ = [
+    "DecoupledModule",
+    "FixedETFModule",
+    "JointModule",
+    "LongTailModule",
+    "TDEModule",
+    "load_module_from_checkpoint",
+]

@@ -1,0 +1,264 @@
+"""The shared base LightningModule: backbone → neck → head → loss.
+
+A method is a subclass that overrides ``build_head`` and/or ``compute_loss`` (and, for stateful methods,
+``on_train_features``). Everything else — optimiser and schedule, mixup, logging of loss, top-1,
+balanced and many/medium/few accuracy, the head protocol read by the NC callback — lives here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lt_lightning.losses import mixup_batch
+from lt_lightning.metrics import ShotAccuracy
+from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
+from lt_lightning.nn.backbones import build_backbone
+from lt_lightning.nn.heads import FeatureNeck, LinearHead
+
+__all__ = ["CLASS_PATH_KEY", "LongTailModule", "load_module_from_checkpoint"]
+
+OPTIMIZERS = ("sgd", "adamw")
+#: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
+CLASS_PATH_KEY = "lt_lightning_class_path"
+
+
+class LongTailModule(L.LightningModule):
+    """Base of every training method.
+
+    Args:
+        num_classes: K (linked from the datamodule by the CLI).
+        class_counts: ``[K]`` training counts (linked from the datamodule), for shot-group accuracy.
+        many_threshold, few_threshold: shot-group thresholds (linked from the datamodule).
+        backbone: a name of :func:`lt_lightning.nn.backbones.build_backbone` or a ready ``nn.Module``
+            with an ``out_features`` attribute.
+        backbone_kwargs: keyword arguments of the backbone (e.g. ``{"width": 32}`` for 128-d ResNet-32).
+        fixdim: append a projection so the feature dimension equals K (Zhu et al.).
+        trainable_backbone: if given, only backbone parameters whose names start with one of these
+            prefixes train (e.g. ``["net.layer4"]``: Kang's Places-LT stage 1 trains the last block).
+        neck: feature normalisation before the head: ``"none"``, ``"bn"``, ``"l2"``, ``"bn_l2"``.
+        feature_scale: constant factor after the neck (e.g. Markou's feature temperature).
+        optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
+        lr, momentum, nesterov, weight_decay: optimiser settings.
+        lr_schedule: ``"constant"``, ``"cosine"`` or ``"multistep"``, stepped every batch.
+        warmup_epochs, warmup_start_factor: linear warm-up (fractional epochs allowed).
+        milestones, milestone_factors: multistep epochs and the cumulative lr factors from them on.
+        mixup_alpha: mixup's Beta(α, α) (0 = off); labels are mixed in the loss.
+        seed: seed of the module's own randomness (mixup).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        class_counts: Sequence[int] | None = None,
+        many_threshold: int = 100,
+        few_threshold: int = 20,
+        backbone: str | nn.Module = "resnet32",
+        backbone_kwargs: dict[str, Any] | None = None,
+        fixdim: bool = False,
+        trainable_backbone: Sequence[str] | None = None,
+        neck: str = "none",
+        feature_scale: float = 1.0,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 5e-4,
+        lr_schedule: str = "cosine",
+        warmup_epochs: float = 0.0,
+        warmup_start_factor: float = 0.0,
+        milestones: Sequence[int] = (),
+        milestone_factors: Sequence[float] = (),
+        mixup_alpha: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if class_counts is not None and len(class_counts) != num_classes:
+            raise ValueError(f"class_counts has {len(class_counts)} entries but num_classes={num_classes}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if len(milestones) != len(milestone_factors):
+            raise ValueError(
+                f"milestones {list(milestones)} and milestone_factors {list(milestone_factors)} differ in length"
+            )
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
+        self.num_classes = num_classes
+        self.class_counts = list(class_counts) if class_counts is not None else None
+        if isinstance(backbone, nn.Module):
+            if not hasattr(backbone, "out_features"):
+                raise ValueError("a backbone module must have an int attribute out_features (d)")
+            self.backbone = backbone
+        else:
+            self.backbone = build_backbone(
+                backbone, num_classes=num_classes, fixdim=fixdim, **(backbone_kwargs or {})
+            )
+        if trainable_backbone is not None:
+            prefixes = tuple(trainable_backbone)
+            names = [n for n, _ in self.backbone.named_parameters()]
+            unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+            if unmatched:
+                raise ValueError(f"trainable_backbone prefixes {unmatched} match no backbone parameter")
+            for name, param in self.backbone.named_parameters():
+                param.requires_grad_(name.startswith(prefixes))
+        self.feature_dim = int(self.backbone.out_features)
+        self.neck = FeatureNeck(self.feature_dim, neck, scale=feature_scale)
+        self.head = self.build_head(self.feature_dim, num_classes)
+        metric = partial(
+            ShotAccuracy,
+            num_classes,
+            class_counts=self.class_counts,
+            many_threshold=many_threshold,
+            few_threshold=few_threshold,
+        )
+        self.val_metrics = metric()
+        self.test_metrics = metric()
+        self._mixup_gen: torch.Generator | None = None
+
+    # ---- what a method overrides ------------------------------------------------------------------
+    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+        """The classifier head (``weight [K, d]``, ``bias [K] | None``, ``forward [N, d] -> [N, K]``)."""
+        return LinearHead(in_features, num_classes)
+
+    def compute_loss(self, logits: Tensor, features: Tensor, targets: Tensor, count_labels: Tensor) -> Tensor:
+        """Training loss of one batch. ``count_labels`` are the un-mixed labels (mixup)."""
+        return F.cross_entropy(logits, targets)
+
+    def on_train_features(self, features: Tensor, targets: Tensor) -> None:
+        """Called with every training batch's features before the head (moving averages etc.)."""
+
+    # ---- the head protocol (NC callback, stage 2) --------------------------------------------------
+    def extract_features(self, x: Tensor) -> Tensor:
+        """``[N, d]`` features: the classifier's input (after the neck)."""
+        return self.neck(self.backbone(x))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """``[N, K]`` logits used for prediction."""
+        return self.head(features)
+
+    def classifier_weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        """The effective linear classifier ``(W [K, d], b [K] | None)`` for NC metrics."""
+        return self.head.weight, self.head.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.extract_features(x))
+
+    # ---- training -----------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # Mixup draws from its own generators, seeded per rank; never from global RNG.
+        self._mixup_gen = torch.Generator().manual_seed(self.hparams.seed * 1000 + self.global_rank)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        alpha = self.hparams.mixup_alpha
+        if alpha > 0:
+            x, y_a, y_b, lam = mixup_batch(x, y, alpha, generator=self._mixup_gen)
+        features = self.extract_features(x)
+        self.on_train_features(features, y)
+        logits = self.forward_head(features)
+        if alpha > 0:
+            loss = lam * self.compute_loss(logits, features, y_a, y) + (1 - lam) * self.compute_loss(
+                logits, features, y_b, y
+            )
+        else:
+            loss = self.compute_loss(logits, features, y, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        if alpha == 0:
+            acc = (logits.argmax(dim=1) == y).float().mean()
+            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: ShotAccuracy, prefix: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metrics.update(logits, y)
+        self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        return logits
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _log_shot_metrics(self, metrics: ShotAccuracy, prefix: str) -> dict[str, Tensor]:
+        values = metrics.compute()  # reduced across ranks by torchmetrics: identical everywhere
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        metrics.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_shot_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_shot_metrics(self.test_metrics, "test")
+
+    # ---- optimisation -------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = self.trainable_parameters()
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        steps_per_epoch = max(self.trainer.estimated_stepping_batches / max_epochs, 1.0)
+        factor = partial(
+            _step_lr_factor,
+            steps_per_epoch=steps_per_epoch,
+            schedule=hp.lr_schedule,
+            max_epochs=max_epochs,
+            warmup_epochs=hp.warmup_epochs,
+            warmup_start_factor=hp.warmup_start_factor,
+            milestones=tuple(hp.milestones),
+            milestone_factors=tuple(hp.milestone_factors),
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def _step_lr_factor(step: int, *, steps_per_epoch: float, **kwargs) -> float:
+    return lr_factor(step / steps_per_epoch, **kwargs)
+
+
+def load_module_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> LongTailModule:
+    """Rebuild any lt_lightning method from its checkpoint (the class is read from the checkpoint).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a checkpoint written by an lt_lightning module.
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"stage-1 checkpoint not found: {path!r}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    class_path = ckpt.get(CLASS_PATH_KEY) if isinstance(ckpt, dict) else None
+    if class_path is None:
+        raise ValueError(f"{path!r} is not a checkpoint of an lt_lightning module (no {CLASS_PATH_KEY!r})")
+    module_name, _, cls_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls.load_from_checkpoint(path, map_location=map_location)

@@ -1,0 +1,240 @@
+"""Two-stage decoupled training (Kang et al. ICLR 2020): cRT, LWS, τ-norm and NCM on a stage-1 model.
+
+Stage 2 loads the stage-1 checkpoint of any lt_lightning method (the class is read from the
+checkpoint), keeps its backbone and neck frozen, and replaces the classifier:
+
+- ``crt``: a re-initialised linear classifier trained with CE (use the class-balanced sampler);
+- ``lws``: per-class scales on the whole stage-1 logit, ``z_i = s_i (w_i·x + b_i)`` (linear heads only);
+- ``tau_norm``: ``w_i / ‖w_i‖^τ`` without bias, no training; τ chosen on validation over ``tau_grid``;
+- ``ncm``: nearest class mean on un-augmented training features (centred, L2-normalised by default).
+
+``crt``/``lws`` are a second ``fit``; ``tau_norm``/``ncm`` a ``validate`` or ``test``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lt_lightning.models.base import LongTailModule, load_module_from_checkpoint
+from lt_lightning.models.sweeps import AccuracySweep
+from lt_lightning.nn.functional import ncm_transform, tau_normalize
+from lt_lightning.nn.heads import ETFHead, LinearHead, LWSHead, NCMHead, TauNormHead
+
+__all__ = ["DecoupledModule"]
+
+MODES = ("crt", "lws", "tau_norm", "ncm")
+BN_MODES = ("reestimate", "frozen")
+TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))
+
+
+class DecoupledModule(LongTailModule):
+    """Stage 2 of decoupled training on a frozen stage-1 representation.
+
+    Args:
+        stage1_checkpoint: path of a checkpoint written by any lt_lightning module.
+        mode: ``"crt"``, ``"lws"``, ``"tau_norm"`` or ``"ncm"``.
+        bn_mode: ``"reestimate"`` (the reference keeps the backbone in train mode, so BatchNorm
+            statistics follow the stage-2 sampler) or ``"frozen"`` (backbone and neck in eval mode).
+        tau: fixed τ for ``tau_norm`` (``None``: choose on validation over ``tau_grid`` by top-1).
+        tau_grid: τ values swept (Kang: 0, 0.1, …, 2.0).
+        ncm_center, ncm_normalize, ncm_metric: NCM options (Kang's default: centre on the training mean,
+            L2-normalise, Euclidean score).
+        num_classes: K of the data (must equal the checkpoint's).
+        **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments (optimiser, schedule, …).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``stage1_checkpoint``.
+        ValueError: the checkpoint's K differs from the data's, or an unknown mode.
+    """
+
+    def __init__(
+        self,
+        stage1_checkpoint: str,
+        mode: str = "crt",
+        bn_mode: str = "reestimate",
+        tau: float | None = None,
+        tau_grid: Sequence[float] = TAU_GRID,
+        ncm_center: bool = True,
+        ncm_normalize: bool = True,
+        ncm_metric: str = "euclidean",
+        num_classes: int = 10,
+        **kwargs,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown decoupled mode {mode!r}; valid: {', '.join(MODES)}")
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"unknown bn_mode {bn_mode!r}; valid: {', '.join(BN_MODES)}")
+        if tau is not None and tau < 0:
+            raise ValueError(f"tau must be >= 0, got {tau}")
+        stage1 = load_module_from_checkpoint(stage1_checkpoint)
+        if stage1.num_classes != num_classes:
+            raise ValueError(
+                f"the stage-1 checkpoint {stage1_checkpoint!r} has {stage1.num_classes} classes but the "
+                f"data has num_classes={num_classes}"
+            )
+        if mode == "lws" and not isinstance(stage1.head, (LinearHead, ETFHead)):
+            raise ValueError(
+                f"lws rescales a linear classifier's logits; the stage-1 head is {type(stage1.head).__name__}"
+            )
+        # A plain dict is allowed before nn.Module.__init__ and hands the stage-1 parts to build_head.
+        self._stage1 = {"module": stage1}
+        super().__init__(num_classes=num_classes, backbone=stage1.backbone, **kwargs)
+        del self._stage1
+        self.neck = stage1.neck
+        for module in (self.backbone, self.neck):
+            module.requires_grad_(False)
+        self.mode = mode
+        shot = {
+            "class_counts": self.class_counts,
+            "many_threshold": self.hparams.many_threshold,
+            "few_threshold": self.hparams.few_threshold,
+        }
+        self.tau_sweep = (
+            AccuracySweep(tau_grid, num_classes, **shot) if mode == "tau_norm" and tau is None else None
+        )
+        self.register_buffer("post_hoc_ready", torch.tensor(mode in ("crt", "lws") or tau is not None))
+        self.train(self.training)
+
+    # ---- heads --------------------------------------------------------------------------------------
+    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+        stage1_head = self._stage1["module"].head
+        mode = self.hparams.mode
+        if mode == "crt":
+            return LinearHead(in_features, num_classes)  # freshly initialised
+        if mode == "lws":
+            return LWSHead(stage1_head.weight, stage1_head.bias)
+        if mode == "tau_norm":
+            tau = self.hparams.tau
+            return TauNormHead(stage1_head.weight, 1.0 if tau is None else tau)
+        gm = torch.zeros(in_features) if self.hparams.ncm_center else None
+        return NCMHead(
+            torch.zeros(num_classes, in_features),
+            gm,
+            normalize=self.hparams.ncm_normalize,
+            metric=self.hparams.ncm_metric,
+        )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.hparams.bn_mode == "frozen":
+            self.backbone.eval()
+            self.neck.eval()
+        return self
+
+    def extract_features(self, x: Tensor) -> Tensor:
+        # The representation is frozen: no graph through it (saves the backbone's activations).
+        with torch.no_grad():
+            return super().extract_features(x)
+
+    def configure_optimizers(self):
+        if not self.trainable_parameters():
+            raise ValueError(
+                f"mode={self.hparams.mode!r} has nothing to train; run `lt-lightning validate` or `test`"
+            )
+        return super().configure_optimizers()
+
+    # ---- post-hoc fitting (τ selection, NCM centroids) ----------------------------------------------
+    def _reduce_sum(self, t: Tensor) -> Tensor:
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            return trainer.strategy.reduce(t, reduce_op="sum")
+        return t
+
+    @torch.no_grad()
+    def fit_ncm(self, loader) -> None:
+        """Class centroids from un-augmented training features, exact under DDP (sums reduced)."""
+        was_training = self.training
+        self.eval()
+        k, d = self.num_classes, self.feature_dim
+        mean = None
+        if self.hparams.ncm_center:
+            total = torch.zeros(d, dtype=torch.float64, device=self.device)
+            count = torch.zeros((), dtype=torch.float64, device=self.device)
+            for x, _ in loader:
+                f = self.extract_features(x.to(self.device))
+                total += f.double().sum(0)
+                count += f.shape[0]
+            mean = (self._reduce_sum(total) / self._reduce_sum(count)).float()
+        sums = torch.zeros(k, d, dtype=torch.float64, device=self.device)
+        counts = torch.zeros(k, dtype=torch.float64, device=self.device)
+        for x, y in loader:
+            y = y.to(self.device)
+            f = ncm_transform(
+                self.extract_features(x.to(self.device)),
+                global_mean=mean,
+                normalize=self.hparams.ncm_normalize,
+            )
+            sums.index_add_(0, y, f.double())
+            counts += torch.bincount(y, minlength=k).double()
+        sums, counts = self._reduce_sum(sums), self._reduce_sum(counts)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"NCM: classes {empty} have no training samples")
+        self.head.centroids.copy_((sums / counts[:, None]).to(self.head.centroids.dtype))
+        if mean is not None:
+            self.head.global_mean.copy_(mean)
+        self.post_hoc_ready.fill_(True)
+        self.train(was_training)
+
+    def _tau_sweep_update(self, features: Tensor, y: Tensor) -> None:
+        base = self.head.base_weight
+        weights = torch.stack([tau_normalize(base, t) for t in self.tau_sweep.values])  # [T, K, d]
+        self.tau_sweep.update(torch.einsum("nd,tkd->tnk", features, weights), y)
+
+    def _tau_sweep_finish(self, log: bool) -> dict[str, Tensor]:
+        results = self.tau_sweep.compute()
+        best = self.tau_sweep.best(results)
+        if log:
+            for value, res in zip(self.tau_sweep.values, results):
+                self.log(f"val/tau_norm/acc@{value:g}", res["acc"])
+            self.log("val/tau_norm/best_tau", self.tau_sweep.values[best])
+        self.head.set_tau(self.tau_sweep.values[best])
+        self.post_hoc_ready.fill_(True)
+        self.tau_sweep.reset()
+        return results[best]
+
+    @torch.no_grad()
+    def select_tau(self, loader) -> float:
+        """Choose τ on ``loader`` (validation data) by top-1 and set it on the head."""
+        was_training = self.training
+        self.eval()
+        for x, y in loader:
+            self._tau_sweep_update(self.extract_features(x.to(self.device)), y.to(self.device))
+        self._tau_sweep_finish(log=False)
+        self.train(was_training)
+        return float(self.head.tau)
+
+    def _prepare_post_hoc(self) -> None:
+        if bool(self.post_hoc_ready):
+            return
+        dm = self.trainer.datamodule
+        if self.hparams.mode == "ncm":
+            self.fit_ncm(dm.train_eval_dataloader())
+        elif self.hparams.mode == "tau_norm" and self.trainer.state.fn != "validate":
+            self.select_tau(dm.val_dataloader())
+
+    def on_validation_start(self) -> None:
+        if self.hparams.mode == "ncm":
+            self._prepare_post_hoc()
+
+    def on_test_start(self) -> None:
+        self._prepare_post_hoc()
+
+    def on_predict_start(self) -> None:
+        self._prepare_post_hoc()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.tau_sweep is None:
+            return super().validation_step(batch, batch_idx)
+        x, y = batch
+        self._tau_sweep_update(self.extract_features(x), y)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.tau_sweep is None:
+            return super().on_validation_epoch_end()
+        chosen = self._tau_sweep_finish(log=True)
+        self.log_dict({f"val/{k}": v for k, v in chosen.items()})
+        self.val_metrics.reset()

@@ -1,0 +1,80 @@
+"""Fixed simplex-ETF classifier with cross-entropy or the dot-regression loss (Yang et al. NeurIPS 2022;
+Zhu et al. NeurIPS 2021)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lt_lightning.losses import dot_regression_loss
+from lt_lightning.models.base import LongTailModule
+from lt_lightning.nn.heads import ETFHead
+
+__all__ = ["FixedETFModule"]
+
+LOSSES = ("dr", "ce")
+
+
+class FixedETFModule(LongTailModule):
+    """A frozen simplex ETF as the classifier (a registered buffer, never trained).
+
+    Args:
+        etf: ``"random"`` (random rotation, Yang) or ``"canonical"`` (Zhu).
+        loss: ``"dr"`` (dot regression, Yang's code) or ``"ce"`` (cross-entropy on ``logits / temperature``).
+        temperature: CE temperature.
+        class_balanced: DR's per-batch class-balanced target scaling (Yang's default, on).
+        reg_lambda: DR's feature-norm penalty λ·mean‖h‖.
+        learnable_bias: a learnable bias (Zhu).
+        etf_seed: seed of the ETF's random rotation.
+        neck: default ``"bn_l2"`` (Yang's CIFAR head: BatchNorm then L2); ``"bn"`` for ImageNet.
+        **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments.
+
+    Raises:
+        ValueError: the feature dimension is below K − 1 (use ``fixdim`` or a wider backbone).
+    """
+
+    def __init__(
+        self,
+        etf: str = "random",
+        loss: str = "dr",
+        temperature: float = 1.0,
+        class_balanced: bool = True,
+        reg_lambda: float = 0.0,
+        learnable_bias: bool = False,
+        etf_seed: int = 0,
+        neck: str = "bn_l2",
+        **kwargs,
+    ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self._etf_kind, self._learnable_bias, self._etf_seed = etf, learnable_bias, etf_seed
+        super().__init__(neck=neck, **kwargs)
+
+    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+        if in_features < num_classes - 1:
+            raise ValueError(
+                f"a simplex ETF for K={num_classes} classes needs feature dimension >= K-1={num_classes - 1}, "
+                f"got d={in_features}; set fixdim=True or use a wider backbone (e.g. backbone_kwargs width)"
+            )
+        return ETFHead(
+            in_features,
+            num_classes,
+            etf=self._etf_kind,
+            learnable_bias=self._learnable_bias,
+            seed=self._etf_seed,
+        )
+
+    def compute_loss(self, logits: Tensor, features: Tensor, targets: Tensor, count_labels: Tensor) -> Tensor:
+        hp = self.hparams
+        if hp.loss == "ce":
+            return F.cross_entropy(logits / hp.temperature, targets)
+        return dot_regression_loss(
+            features,
+            self.head.etf,
+            targets,
+            class_balanced=hp.class_balanced,
+            reg_lambda=hp.reg_lambda,
+            count_labels=count_labels,
+        )

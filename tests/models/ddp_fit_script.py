@@ -1,0 +1,64 @@
+"""Run one method's ``fit`` under a real 2-process CPU DDP and save every rank's final state.
+
+    python tests/models/ddp_fit_script.py METHOD OUT_DIR [STAGE1_CKPT]
+
+Each rank writes ``OUT_DIR/rank{r}.pt`` with its ``state_dict``; the test compares them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import lightning as L
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from lt_lightning.models import DecoupledModule, FixedETFModule, JointModule, TDEModule
+from tests.models.helpers import model_kwargs, synthetic_dm
+
+
+def build(method: str, stage1: str | None):
+    # 6 classes, odd-sized training set: the sampler pads, the evaluation loaders do not.
+    dm = synthetic_dm(sampler="class" if method in ("crt", "lws") else "instance", batch_size=16)
+    if method == "joint":
+        return dm, JointModule(**model_kwargs(dm))
+    if method == "fixed_etf":
+        return dm, FixedETFModule(**model_kwargs(dm, mixup_alpha=1.0))
+    if method == "tde":
+        return dm, TDEModule(**model_kwargs(dm))
+    if method in ("crt", "lws"):
+        kw = model_kwargs(dm, stage1_checkpoint=stage1, mode=method)
+        kw.pop("backbone"), kw.pop("backbone_kwargs")
+        return dm, DecoupledModule(**kw)
+    if method == "implicit_etf":
+        from lt_lightning.models import ImplicitETFModule
+
+        return dm, ImplicitETFModule(**model_kwargs(dm))
+    raise SystemExit(f"unknown method {method}")
+
+
+def main() -> None:
+    method, out = sys.argv[1], sys.argv[2]
+    stage1 = sys.argv[3] if len(sys.argv) > 3 else None
+    torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts them)
+    dm, model = build(method, stage1)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(out, f"rank{trainer.global_rank}.pt"))
+
+
+if __name__ == "__main__":
+    main()
