@@ -59,7 +59,10 @@ class LongTailDataModule(L.LightningDataModule):
     attribute holds the ``[N]`` labels.
 
     Args:
-        batch_size: training batch size (per process).
+        batch_size: training batch size per process.
+        global_batch_size: if set, the training batch summed over all processes (the papers' batch
+            sizes are global): each of the ``world_size`` processes takes ``global_batch_size /
+            world_size``, which must divide evenly. Overrides ``batch_size``.
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
         num_workers: DataLoader workers.
         sampler: ``"instance"``, ``"class"`` (Kang's 4-per-visit round robin), ``"sqrt"``, ``"power"``
@@ -78,6 +81,7 @@ class LongTailDataModule(L.LightningDataModule):
         self,
         *,
         batch_size: int = 128,
+        global_batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         sampler: str = "instance",
@@ -100,9 +104,12 @@ class LongTailDataModule(L.LightningDataModule):
             raise ValueError(f"sampler_q must lie in [0, 1], got {sampler_q!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if global_batch_size is not None and global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
         if samples_per_class < 1:
             raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.sampler = sampler
@@ -210,10 +217,21 @@ class LongTailDataModule(L.LightningDataModule):
         sampler = DistributedEvalSampler(dataset, num_replicas=num_replicas, rank=rank)
         return self._loader(dataset, self.eval_batch_size, sampler)
 
+    def train_batch_size(self) -> int:
+        """Per-process training batch size (``global_batch_size / world_size`` when that is set)."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        world, _ = self._world()
+        if self.global_batch_size % world:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} is not divisible by the {world} processes"
+            )
+        return self.global_batch_size // world
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(
             self.train_dataset_or_setup(),
-            self.batch_size,
+            self.train_batch_size(),
             self.build_train_sampler(),
             drop_last=self.drop_last,
         )

@@ -47,8 +47,11 @@ class LongTailModule(L.LightningModule):
         feature_scale: constant factor after the neck (e.g. Markou's feature temperature).
         optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
         lr, momentum, nesterov, weight_decay: optimiser settings.
-        lr_schedule: ``"constant"``, ``"cosine"`` or ``"multistep"``, stepped every batch.
-        warmup_epochs, warmup_start_factor: linear warm-up (fractional epochs allowed).
+        lr_schedule: ``"constant"``, ``"cosine"`` or ``"multistep"``.
+        lr_interval: ``"step"`` (the factor follows the fractional epoch, smooth) or ``"epoch"`` (held
+            constant within an epoch, as the authors' code does; e.g. Yang's warm-up lr·(e+1)/5 is
+            ``warmup_epochs=4, warmup_start_factor=0.2``, Tang's 1/3 → 1 over 5 epochs is ``5, 1/3``).
+        warmup_epochs, warmup_start_factor: linear warm-up from ``start·lr`` to ``lr`` over these epochs.
         milestones, milestone_factors: multistep epochs and the cumulative lr factors from them on.
         mixup_alpha: mixup's Beta(α, α) (0 = off); labels are mixed in the loss.
         seed: seed of the module's own randomness (mixup).
@@ -72,6 +75,7 @@ class LongTailModule(L.LightningModule):
         nesterov: bool = False,
         weight_decay: float = 5e-4,
         lr_schedule: str = "cosine",
+        lr_interval: str = "step",
         warmup_epochs: float = 0.0,
         warmup_start_factor: float = 0.0,
         milestones: Sequence[int] = (),
@@ -95,6 +99,17 @@ class LongTailModule(L.LightningModule):
             )
         if mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
+        if lr_interval not in ("step", "epoch"):
+            raise ValueError(f"lr_interval must be 'step' or 'epoch', got {lr_interval!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if warmup_epochs < 0 or not 0.0 <= warmup_start_factor <= 1.0:
+            raise ValueError(
+                f"warmup_epochs must be >= 0 and warmup_start_factor in [0, 1], got {warmup_epochs}, "
+                f"{warmup_start_factor}"
+            )
+        if list(milestones) != sorted(milestones):
+            raise ValueError(f"milestones must be increasing, got {list(milestones)}")
         self.num_classes = num_classes
         self.class_counts = list(class_counts) if class_counts is not None else None
         if isinstance(backbone, nn.Module):
@@ -174,7 +189,8 @@ class LongTailModule(L.LightningModule):
             )
         else:
             loss = self.compute_loss(logits, features, y, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # not on the progress bar: that would read the loss back to the host every step
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y))
         if alpha == 0:
             acc = (logits.argmax(dim=1) == y).float().mean()
             self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
@@ -220,8 +236,11 @@ class LongTailModule(L.LightningModule):
             )
         else:
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        steps_per_epoch = max(self.trainer.estimated_stepping_batches / max_epochs, 1.0)
+        if not (self.trainer.max_epochs and self.trainer.max_epochs > 0):
+            raise ValueError("the lr schedules are defined in epochs: set trainer max_epochs (> 0)")
+        max_epochs = self.trainer.max_epochs
+        per_epoch = hp.lr_interval == "epoch"
+        steps_per_epoch = 1.0 if per_epoch else max(self.trainer.estimated_stepping_batches / max_epochs, 1.0)
         factor = partial(
             _step_lr_factor,
             steps_per_epoch=steps_per_epoch,
@@ -233,7 +252,7 @@ class LongTailModule(L.LightningModule):
             milestone_factors=tuple(hp.milestone_factors),
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": hp.lr_interval}}
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -69,6 +69,11 @@ class DecoupledModule(LongTailModule):
             raise ValueError(f"unknown bn_mode {bn_mode!r}; valid: {', '.join(BN_MODES)}")
         if tau is not None and tau < 0:
             raise ValueError(f"tau must be >= 0, got {tau}")
+        if any(t < 0 for t in tau_grid) or not len(tau_grid):
+            raise ValueError(f"tau_grid must be non-empty with values >= 0, got {list(tau_grid)}")
+        clash = sorted({"backbone", "backbone_kwargs", "fixdim", "neck", "feature_scale"} & set(kwargs))
+        if clash:
+            raise ValueError(f"stage 2 keeps the stage-1 representation; do not pass {clash}")
         stage1 = load_module_from_checkpoint(stage1_checkpoint)
         if stage1.num_classes != num_classes:
             raise ValueError(

@@ -10,6 +10,7 @@ from lt_lightning.nn.backbones import (
     TorchvisionResNet,
     build_backbone,
 )
+from lt_lightning.nn.class_means import ClassMeanTracker
 from lt_lightning.nn.heads import (
     CausalNormHead,
     ClassifierHead,
@@ -27,6 +28,7 @@ __all__ = [
     "BasicBlock",
     "CIFARResNet32",
     "CausalNormHead",
+    "ClassMeanTracker",
     "ClassifierHead",
     "ETFHead",
     "FeatureNeck",

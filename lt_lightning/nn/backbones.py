@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -33,22 +34,39 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+class _PadShortcut(nn.Module):
+    """He et al.'s "option A" shortcut: subsample spatially, zero-pad the new channels on both sides."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        extra = out_ch - in_ch
+        self.pad = (0, 0, 0, 0, extra // 2, extra - extra // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x[:, :, :: self.stride, :: self.stride], self.pad)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual connection (He et al. 2016).
 
-    When the shape changes the shortcut is a 1x1 conv + BN projection ("option B"); the LDAM/TDE CIFAR
-    code uses zero-padding ("option A"); B adds a few parameters and trains at least as well.
+    When the shape changes the shortcut is either ``"A"``, zero-padding (the LDAM-DRW CIFAR ResNet-32
+    behind Yang's and the decoupling CIFAR numbers), or ``"B"``, a 1x1 conv + BN projection (BBN/TDE).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, shortcut: str = "B") -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_ch, out_ch, stride)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = _conv3x3(out_ch, out_ch)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' (zero-padding) or 'B' (projection), got {shortcut!r}")
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
+        if (stride != 1 or in_ch != out_ch) and shortcut == "A":
+            self.shortcut = _PadShortcut(in_ch, out_ch, stride)
+        elif stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
             )
@@ -59,17 +77,17 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def _stage(in_ch: int, out_ch: int, num_blocks: int, stride: int) -> nn.Sequential:
-    blocks = [BasicBlock(in_ch, out_ch, stride)]
-    blocks += [BasicBlock(out_ch, out_ch) for _ in range(num_blocks - 1)]
+def _stage(in_ch: int, out_ch: int, num_blocks: int, stride: int, shortcut: str = "B") -> nn.Sequential:
+    blocks = [BasicBlock(in_ch, out_ch, stride, shortcut)]
+    blocks += [BasicBlock(out_ch, out_ch, 1, shortcut) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
 
 
-def _init_resnet(module: nn.Module) -> None:
-    # He et al.: Kaiming-normal convs (fan_out), BN at (1, 0).
+def _init_resnet(module: nn.Module, mode: str = "fan_out") -> None:
+    # He et al.: Kaiming-normal convs, BN at (1, 0). The LDAM CIFAR code uses fan_in.
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -86,26 +104,30 @@ class CIFARResNet32(nn.Module):
 
     Stage widths are ``width * (1, 2, 4)`` at strides 1, 2, 2, so ``out_features = 4 * width``: 64 for
     the standard width 16, 128 for width 32 (Yang et al.'s CIFAR-100 choice, so that d >= K - 1).
-    Projection (1x1 conv + BN) shortcuts, see :class:`BasicBlock`.
+    Default: the LDAM-DRW CIFAR ResNet-32 the CIFAR-LT numbers come from, zero-padding ("A")
+    shortcuts and fan-in Kaiming-normal init; ``shortcut="B"`` gives projection shortcuts (fan-out init).
 
     Args:
         width: channels of the first stage.
         in_channels: input channels.
         num_blocks: basic blocks per stage (5 for 6n+2 = 32 layers).
+        shortcut: ``"A"`` or ``"B"``, see :class:`BasicBlock`.
     """
 
-    def __init__(self, width: int = 16, in_channels: int = 3, num_blocks: int = 5) -> None:
+    def __init__(
+        self, width: int = 16, in_channels: int = 3, num_blocks: int = 5, shortcut: str = "A"
+    ) -> None:
         super().__init__()
         _check_positive_int("width", width)
         _check_positive_int("in_channels", in_channels)
         _check_positive_int("num_blocks", num_blocks)
         self.stem = nn.Sequential(_conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.layer1 = _stage(width, width, num_blocks, 1)
-        self.layer2 = _stage(width, 2 * width, num_blocks, 2)
-        self.layer3 = _stage(2 * width, 4 * width, num_blocks, 2)
+        self.layer1 = _stage(width, width, num_blocks, 1, shortcut)
+        self.layer2 = _stage(width, 2 * width, num_blocks, 2, shortcut)
+        self.layer3 = _stage(2 * width, 4 * width, num_blocks, 2, shortcut)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_features = 4 * width
-        _init_resnet(self)
+        _init_resnet(self, "fan_in" if shortcut == "A" else "fan_out")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled last feature map ``[N, d, H', W']``."""

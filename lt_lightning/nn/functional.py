@@ -383,10 +383,8 @@ def lws_logits(x: Tensor, weight: Tensor, bias: Tensor | None, scales: Tensor) -
     return F.linear(x, weight, bias) * scales
 
 
-try:  # the implicit-ETF solver lives in its own module; re-exported here as DESIGN.md names it
-    from lt_lightning.nn.nearest_etf import nearest_simplex_etf
+# The implicit-ETF solver (an autograd.Function with its pymanopt path) lives in its own module;
+# re-exported here, where DESIGN.md names it. Imported last: nearest_etf needs nothing from this file.
+from lt_lightning.nn.nearest_etf import nearest_simplex_etf  # noqa: E402
 
-    __all__ += ["nearest_simplex_etf"]
-except ModuleNotFoundError as _err:  # pragma: no cover - only while nearest_etf.py does not exist yet
-    if _err.name != "lt_lightning.nn.nearest_etf":
-        raise
+__all__ += ["nearest_simplex_etf"]

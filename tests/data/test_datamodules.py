@@ -221,3 +221,14 @@ def test_eval_loaders_shard_without_padding():
         shards.append(_labels_of(dm.train_eval_dataloader()))
     assert sum(len(s) for s in shards) == n  # nothing padded, nothing dropped
     assert torch.equal(torch.sort(torch.cat(shards)).values, torch.sort(dm.train_dataset.targets).values)
+
+
+def test_global_batch_size_splits_over_processes():
+    dm = SyntheticLTDataModule(num_classes=3, max_count=40, global_batch_size=12)
+    dm.setup()
+    assert dm.train_dataloader().batch_size == 12
+    dm._world = lambda: (4, 1)
+    assert dm.train_dataloader().batch_size == 3
+    dm._world = lambda: (5, 1)
+    with pytest.raises(ValueError, match="global_batch_size=12 is not divisible by the 5 processes"):
+        dm.train_dataloader()

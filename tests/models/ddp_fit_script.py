@@ -44,7 +44,14 @@ def main() -> None:
     stage1 = sys.argv[3] if len(sys.argv) > 3 else None
     torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts them)
     dm, model = build(method, stage1)
+    history: list[torch.Tensor] = []
+
+    class RecordQ(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            history.append(pl_module.head.q.detach().double().clone())
+
     trainer = L.Trainer(
+        callbacks=[RecordQ()] if method == "implicit_etf" else [],
         accelerator="cpu",
         devices=2,
         strategy="ddp",
@@ -57,6 +64,8 @@ def main() -> None:
     )
     trainer.fit(model, datamodule=dm)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if history:
+        state["_q_history"] = history
     torch.save(state, os.path.join(out, f"rank{trainer.global_rank}.pt"))
 
 

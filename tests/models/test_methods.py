@@ -8,6 +8,7 @@ import torch
 from lt_lightning.models import (
     DecoupledModule,
     FixedETFModule,
+    ImplicitETFModule,
     JointModule,
     TDEModule,
     load_module_from_checkpoint,
@@ -20,6 +21,7 @@ METHODS = {
     "fixed_etf_ce": (FixedETFModule, {"loss": "ce", "temperature": 0.1}),
     "fixed_etf_mixup": (FixedETFModule, {"loss": "dr", "mixup_alpha": 1.0}),
     "tde": (TDEModule, {"alpha": 1.0}),
+    "implicit_etf": (ImplicitETFModule, {}),
 }
 
 
@@ -80,7 +82,7 @@ def test_joint_classifier_really_trains_and_etf_stays_frozen(tmp_path):
     assert torch.equal(etf.head.etf, e0)
 
 
-@pytest.mark.parametrize("name", ["joint", "fixed_etf_dr", "tde"])
+@pytest.mark.parametrize("name", ["joint", "fixed_etf_dr", "tde", "implicit_etf"])
 def test_checkpoint_round_trip(tmp_path, name):
     cls, extra = METHODS[name]
     dm = synthetic_dm()

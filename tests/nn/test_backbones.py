@@ -160,3 +160,30 @@ def test_mlp_variants() -> None:
 def test_bad_constructor_args(cls, kwargs) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         cls(**kwargs)
+
+
+def test_resnet32_option_a_matches_the_standard_parameter_count():
+    # The CIFAR ResNet-32 of He et al. / LDAM-DRW has 464,154 parameters with its 10-way fc layer
+    # (64 * 10 + 10 = 650 of them); option A shortcuts add none.
+    from lt_lightning.nn.backbones import CIFARResNet32
+
+    net = CIFARResNet32(width=16, shortcut="A")
+    assert sum(p.numel() for p in net.parameters()) == 464_154 - 650
+    assert sum(p.numel() for p in CIFARResNet32(width=16, shortcut="B").parameters()) > 464_154 - 650
+
+
+def test_option_a_shortcut_is_subsample_and_zero_pad():
+    from lt_lightning.nn.backbones import _PadShortcut
+
+    x = torch.randn(2, 4, 6, 6)
+    out = _PadShortcut(4, 8, 2)(x)
+    assert out.shape == (2, 8, 3, 3)
+    torch.testing.assert_close(out[:, 2:6], x[:, :, ::2, ::2])
+    assert out[:, :2].abs().sum() == 0 and out[:, 6:].abs().sum() == 0
+
+
+def test_bad_shortcut():
+    from lt_lightning.nn.backbones import CIFARResNet32
+
+    with pytest.raises(ValueError, match="shortcut must be 'A'"):
+        CIFARResNet32(shortcut="C")
