@@ -173,7 +173,65 @@ LAYER_HEADER = (
     f"{'iters':>6} {'solve(ms)':>11}"
 )
 
-SECTIONS: dict[str, tuple[str, Callable]] = {"layer": (LAYER_HEADER, section_layer)}
+MODULE_HEADER = f"{'d':>5} {'K':>5} {'backbone':<22} {'fixed ETF ms':>13} {'implicit ms':>12} {'overhead':>9}"
+
+
+def _module_step(model, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step of a module outside Lightning (features, state hooks, head, loss, SGD)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    model.train()
+
+    def step() -> None:
+        feats = model.extract_features(x)
+        model.on_train_features(feats, y)
+        loss = model.compute_loss(model.forward_head(feats), feats, y, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def section_module(args) -> list[dict]:
+    """ImplicitETFModule (procrustes) vs FixedETFModule: the same backbone, batch and optimiser."""
+    from lt_lightning.models import FixedETFModule, ImplicitETFModule
+
+    cases = [(512, 100, "resnet18", {"cifar_stem": True}, (3, 32, 32), 64)]
+    if not args.quick:
+        cases.append((2048, 1000, "mlp", {"in_features": 256, "hidden": [2048]}, (256,), 1024))
+    rows = []
+    for d, k, backbone, bkw, shape, batch in cases:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, *shape, generator=g)
+        y = torch.arange(batch) % k
+        common = {"num_classes": k, "backbone": backbone, "backbone_kwargs": bkw, "lr": 0.01}
+        torch.manual_seed(0)
+        fixed = FixedETFModule(**common, loss="ce", neck="none")
+        torch.manual_seed(0)
+        implicit = ImplicitETFModule(**common, solver="procrustes")
+        t_fixed = _timed(_module_step(fixed, x, y), args.repeats)["min_s"]
+        t_impl = _timed(_module_step(implicit, x, y), args.repeats)["min_s"]
+        row = {
+            "d": d,
+            "K": k,
+            "backbone": f"{backbone} batch {batch}",
+            "fixed_etf_ms": 1e3 * t_fixed,
+            "implicit_etf_ms": 1e3 * t_impl,
+            "overhead_pct": 100 * (t_impl / t_fixed - 1),
+        }
+        print(
+            f"{d:>5} {k:>5} {row['backbone']:<22} {row['fixed_etf_ms']:>13.1f} {row['implicit_etf_ms']:>12.1f} "
+            f"{row['overhead_pct']:>8.1f}%",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+SECTIONS: dict[str, tuple[str, Callable]] = {
+    "layer": (LAYER_HEADER, section_layer),
+    "module": (MODULE_HEADER, section_module),
+}
 
 
 def main() -> None:

@@ -1,0 +1,306 @@
+"""Lightning callback that measures neural collapse and shot accuracy during training.
+
+It reads any module through the head protocol — ``extract_features(x) -> [N, d]``,
+``forward_head(features) -> [N, K]`` and ``classifier_weight_bias() -> ([K, d], [K] | None)`` — and any
+datamodule with ``train_eval_dataloader()`` (and ``val_dataloader()`` / ``test_dataloader()``),
+``num_classes`` and ``class_counts`` (``shot_groups`` optional).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+
+from lt_lightning.callbacks import plots
+from lt_lightning.data.profiles import shot_groups as _shot_groups_from_counts
+from lt_lightning.metrics.neural_collapse import NeuralCollapse
+from lt_lightning.metrics.shot_accuracy import ShotAccuracy
+
+__all__ = ["NeuralCollapseCallback"]
+
+_SPLITS = ("train", "val", "test")
+_LOADERS = {"train": "train_eval_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
+_MODULE_HOOKS = ("extract_features", "forward_head", "classifier_weight_bias")
+
+
+@contextlib.contextmanager
+def _preserved_training_state(pl_module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no grad inside; on exit every submodule's mode and the global RNGs are restored.
+
+    The RNGs matter because building a DataLoader iterator draws a base seed from torch's global
+    generator, and stochastic layers would draw in train mode; restoring them keeps the training run
+    bit-identical to one without the callback.
+    """
+    modes = [(m, m.training) for m in pl_module.modules()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    np_rng = np.random.get_state()  # noqa: NPY002  (saving the legacy global state is the point)
+    py_rng = random.getstate()
+    try:
+        pl_module.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode  # per module: .train(mode) would recurse over children
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        np.random.set_state(np_rng)  # noqa: NPY002
+        random.setstate(py_rng)
+
+
+@contextlib.contextmanager
+def _rank_zero_buffers(pl_module: torch.nn.Module) -> Iterator[None]:
+    """Inside, every rank uses rank 0's buffers (e.g. BatchNorm statistics); on exit its own come back.
+
+    After the last step of an epoch each DDP rank has updated its BatchNorm statistics from its own
+    batch; DDP re-broadcasts rank 0's at the next forward. Measuring with rank 0's buffers measures one
+    model (the one rank 0 checkpoints) on every rank; restoring keeps each rank's state untouched.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        yield
+        return
+    buffers = [b for b in pl_module.buffers() if b.numel() > 0]
+    saved = [b.detach().clone() for b in buffers]
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for b in buffers:
+        by_dtype.setdefault(b.dtype, []).append(b)
+    try:
+        for group in by_dtype.values():  # one broadcast per dtype, not per buffer
+            flat = torch.cat([b.detach().reshape(-1) for b in group])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for b in group:
+                b.data.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+        yield
+    finally:
+        for b, old in zip(buffers, saved):
+            b.data.copy_(old)
+
+
+class NeuralCollapseCallback(Callback):
+    """Measure NC1–NC4 (overall and many/medium/few) and shot accuracy every ``every_n_epochs`` epochs.
+
+    At the end of a training epoch (after that epoch's validation, on every rank — it runs
+    collectives), with the model in eval mode and without gradients, it streams each requested split
+    through ``extract_features`` and ``forward_head`` into a :class:`~lt_lightning.metrics.NeuralCollapse`
+    and a :class:`~lt_lightning.metrics.ShotAccuracy`. ``nc4`` needs the final class means, so each split
+    is read twice (exact second pass), unless ``cache_features`` keeps the features of the first pass
+    (``O(N·d)`` memory per rank, one forward pass saved).
+
+    Logged with ``pl_module.log`` (values are already reduced over ranks, hence ``sync_dist=False``):
+    ``nc/{split}/{key}`` for every neural-collapse key (``nc1``, ``nc2``, ``nc2_h``, ``nc3``, ``nc4``,
+    ``bias_collapse``, ``equinorm_w``, ``equinorm_h``, ``cdnv``) and its ``/many``, ``/medium``, ``/few``
+    variants, plus ``nc/{split}/acc``, ``balanced_acc``, ``many_acc``, ``medium_acc``, ``few_acc``.
+    Figures (global rank zero only): class-mean Gram vs the simplex ETF, classifier-vs-mean cosines,
+    norms vs class size and per-class accuracy vs class size — sent to a ``WandbLogger`` with
+    ``log_image``, otherwise saved as PNG under ``{trainer.log_dir}/nc_figures`` (skipped without a
+    logger).
+
+    Training state is untouched: module modes are restored per submodule, BatchNorm statistics are not
+    updated (eval mode), the global torch (CPU and CUDA), numpy and Python RNG states are restored, and
+    nothing runs during the sanity check. Under DDP the ranks' BatchNorm statistics differ after an
+    epoch's last step (DDP re-broadcasts rank 0's at the next forward), so the measurement temporarily
+    uses rank 0's buffers on every rank — one model, the one rank 0 checkpoints — and then puts each
+    rank's own back.
+
+    DDP contract: the datamodule's loaders must give each rank a disjoint, unpadded share (every
+    sample counted once). Classes without samples in a split are left out of that split's metrics.
+
+    Args:
+        every_n_epochs: measure after epochs ``n - 1, 2n - 1, ...`` (0-based), i.e. every n-th epoch.
+        on: splits to measure, from ``"train"`` (``train_eval_dataloader``: un-augmented, in order),
+            ``"val"`` and ``"test"``.
+        log_figures: make and log the geometry figures.
+        max_batches: read at most this many batches per split and rank (None: all) — a cheaper, partial
+            measurement.
+        cache_features: keep first-pass features for ``nc4`` instead of a second forward pass.
+        rtol, global_mean: passed to :class:`~lt_lightning.metrics.NeuralCollapse`.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        on: Iterable[str] = ("train", "val"),
+        log_figures: bool = True,
+        max_batches: int | None = None,
+        cache_features: bool = False,
+        rtol: float | None = None,
+        global_mean: str = "sample",
+    ) -> None:
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
+        on = (on,) if isinstance(on, str) else tuple(on)
+        bad = [s for s in on if s not in _SPLITS]
+        if bad or not on:
+            raise ValueError(f"on must name splits from {_SPLITS}, got {on!r}")
+        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+            raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+        if global_mean not in ("sample", "class"):
+            raise ValueError(f"global_mean must be 'sample' or 'class', got {global_mean!r}")
+        self.every_n_epochs = every_n_epochs
+        self.on = on
+        self.log_figures = log_figures
+        self.max_batches = max_batches
+        self.cache_features = cache_features
+        self.rtol = rtol
+        self.global_mean = global_mean
+
+    # ------------------------------------------------------------------------------------- hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        missing = [name for name in _MODULE_HOOKS if not callable(getattr(pl_module, name, None))]
+        if missing:
+            raise TypeError(
+                f"NeuralCollapseCallback needs the module to define {', '.join(_MODULE_HOOKS)}; "
+                f"{type(pl_module).__name__} lacks {', '.join(missing)}"
+            )
+        dm = trainer.datamodule
+        needed = [_LOADERS[s] for s in self.on] + ["num_classes", "class_counts"]
+        lacking = [name for name in needed if dm is None or not hasattr(dm, name)]
+        if lacking:
+            raise TypeError(
+                f"NeuralCollapseCallback needs a datamodule with {', '.join(needed)}; "
+                f"{type(dm).__name__} lacks {', '.join(lacking)}"
+            )
+        # The logged values are identical on every rank already; silence Lightning's advice to sync them.
+        warnings.filterwarnings("ignore", message=r".*self\.log\('nc/.*sync_dist=True.*")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        self.measure(trainer, pl_module)
+
+    # ------------------------------------------------------------------------------------ measure
+    def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """Measure every split in ``on``, log scalars (and figures), and return ``{name: value}``.
+
+        Collective under DDP: call it on every rank.
+        """
+        dm = trainer.datamodule
+        num_classes = int(dm.num_classes)
+        class_counts = torch.as_tensor(list(dm.class_counts))
+        groups = getattr(dm, "shot_groups", None)
+        groups = _shot_groups_from_counts(class_counts) if groups is None else torch.as_tensor(groups)
+        logged: dict[str, float] = {}
+        figures: dict[str, Any] = {}
+        with _preserved_training_state(pl_module), _rank_zero_buffers(pl_module):
+            weight, bias = pl_module.classifier_weight_bias()
+            for split in self.on:
+                loader = getattr(dm, _LOADERS[split])()
+                values, split_figures = self._measure_split(
+                    trainer, pl_module, split, loader, num_classes, groups, class_counts, weight, bias
+                )
+                logged.update({f"nc/{split}/{key}": val for key, val in values.items()})
+                figures.update(split_figures)
+        for name, value in logged.items():
+            # float64 tensors: a Python float would be stored as float32 by Lightning
+            value64 = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
+            pl_module.log(name, value64, on_step=False, on_epoch=True, sync_dist=False)
+        if figures and trainer.is_global_zero:
+            self._log_figures(trainer, figures)
+        return logged
+
+    def _batches(
+        self, loader: Iterable[Any], trainer: Trainer, device: torch.device
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        for i, batch in enumerate(loader):
+            if self.max_batches is not None and i >= self.max_batches:
+                break
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise TypeError(f"expected (x, y) batches from the datamodule, got {type(batch).__name__}")
+            x, y = move_data_to_device((batch[0], batch[1]), device)
+            yield trainer.precision_plugin.convert_input(x), y
+
+    def _measure_split(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        split: str,
+        loader: Iterable[Any],
+        num_classes: int,
+        groups: Tensor,
+        class_counts: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        device = pl_module.device
+        nc = NeuralCollapse(
+            num_classes,
+            int(weight.shape[1]),
+            shot_groups=groups,
+            empty_classes="drop",
+            rtol=self.rtol,
+            global_mean=self.global_mean,
+        ).to(device)
+        acc = ShotAccuracy(num_classes, shot_groups=groups).to(device)
+        cache: list[tuple[Tensor, Tensor, Tensor]] = []
+        for x, y in self._batches(loader, trainer, device):
+            features = pl_module.extract_features(x)
+            logits = pl_module.forward_head(features)
+            nc.update(features, y)
+            acc.update(logits, y)
+            if self.cache_features:
+                cache.append((features, y, logits))
+        means, seen = nc.freeze_class_means(return_counts=True)
+        second: Iterable[tuple[Tensor, Tensor, Tensor]] = cache
+        if not self.cache_features:
+            second = (
+                (f, y, pl_module.forward_head(f))
+                for f, y in (
+                    (pl_module.extract_features(x), y) for x, y in self._batches(loader, trainer, device)
+                )
+            )
+        for features, y, logits in second:
+            nc.update_nc4(features, y, logits)
+        nc.set_classifier(weight, bias)
+        values = nc.compute()
+        values.update(acc.compute())
+        for key in ("many_classes", "medium_classes", "few_classes"):
+            values.pop(key, None)  # constant per run; not worth a curve
+        per_class_acc = acc.per_class_accuracy()
+        figures: dict[str, Any] = {}
+        if self.log_figures and trainer.is_global_zero:
+            present = (seen > 0).cpu()
+            w = weight.detach().to(torch.float64).cpu()[present]
+            m, n = means.cpu()[present], seen.cpu()[present]
+            mu_g = m.mean(0) if self.global_mean == "class" else (n @ m) / n.sum()
+            centred = m - mu_g
+            title = f"{split} epoch {trainer.current_epoch}"
+            figures[f"nc/{split}/gram_vs_etf"] = plots.gram_vs_etf_figure(centred, title)
+            figures[f"nc/{split}/classifier_mean_cosine"] = plots.classifier_mean_cosine_figure(
+                w, centred, title
+            )
+            figures[f"nc/{split}/norms_vs_class_size"] = plots.norms_vs_class_size_figure(
+                w.norm(dim=1), centred.norm(dim=1), class_counts[present], title
+            )
+            figures[f"nc/{split}/accuracy_vs_class_size"] = plots.accuracy_vs_class_size_figure(
+                per_class_acc.cpu(), class_counts, title
+            )
+        return values, figures
+
+    def _log_figures(self, trainer: Trainer, figures: dict[str, Any]) -> None:
+        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+        for logger in wandb_loggers:
+            for key, fig in figures.items():
+                logger.log_image(key=key, images=[plots.figure_to_array(fig)], step=trainer.global_step)
+        if not wandb_loggers and trainer.loggers and trainer.log_dir is not None:
+            out = os.path.join(trainer.log_dir, "nc_figures")
+            os.makedirs(out, exist_ok=True)
+            for key, fig in figures.items():
+                name = key.removeprefix("nc/").replace("/", "_")
+                fig.savefig(os.path.join(out, f"epoch{trainer.current_epoch:04d}_{name}.png"), dpi=80)

@@ -1,0 +1,126 @@
+"""Neural-collapse geometry figures (matplotlib, no pyplot state; each function returns a ``Figure``).
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered with the Agg canvas, so they work
+without a display and never touch pyplot's global figure list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = [
+    "accuracy_vs_class_size_figure",
+    "classifier_mean_cosine_figure",
+    "figure_to_array",
+    "gram_vs_etf_figure",
+    "norms_vs_class_size_figure",
+]
+
+
+def _np(x: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-300)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
+    return an @ bn.T
+
+
+def gram_vs_etf_figure(centred_means: Tensor | np.ndarray, title: str = "") -> Figure:
+    """Cosine Gram of the centred class means ``[K, d]`` next to the simplex ETF's (1 / −1/(K−1)).
+
+    Args:
+        centred_means: rows ``μ_c − μ_G`` (class-major ``[K, d]``).
+        title: figure title prefix.
+    """
+    h = _np(centred_means)
+    k = h.shape[0]
+    etf = np.full((k, k), -1.0 / max(k - 1, 1))
+    np.fill_diagonal(etf, 1.0)
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, mat, name in ((axes[0], _cosine(h, h), "class means"), (axes[1], etf, "simplex ETF")):
+        im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+        ax.set_title(f"cosine Gram: {name}")
+        ax.set_xlabel("class")
+        ax.set_ylabel("class")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def classifier_mean_cosine_figure(
+    weight: Tensor | np.ndarray, centred_means: Tensor | np.ndarray, title: str = ""
+) -> Figure:
+    """Heatmap of ``cos(w_c, μ_c' − μ_G)``: a diagonal of 1 is self-duality (NC3).
+
+    Args:
+        weight: classifier ``[K, d]``; centred_means: ``[K, d]``.
+    """
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(
+        _cosine(_np(weight), _np(centred_means)), vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest"
+    )
+    ax.set_xlabel("class of mean μ_c' − μ_G")
+    ax.set_ylabel("classifier row w_c")
+    ax.set_title(f"{title} classifier vs class-mean cosine".strip())
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
+def norms_vs_class_size_figure(
+    weight_norms: Tensor | np.ndarray,
+    mean_norms: Tensor | np.ndarray,
+    class_counts: Sequence[int] | Tensor | np.ndarray,
+    title: str = "",
+) -> Figure:
+    """``‖w_c‖`` and ``‖μ_c − μ_G‖`` against the training count of each class (log x-axis)."""
+    counts = _np(class_counts)
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, values, name in ((axes[0], weight_norms, "‖w_c‖"), (axes[1], mean_norms, "‖μ_c − μ_G‖")):
+        ax.scatter(counts, _np(values), s=12)
+        ax.set_xscale("log")
+        ax.set_xlabel("training samples in class")
+        ax.set_ylabel(name)
+    if title:
+        fig.suptitle(f"{title} norms vs class size")
+    return fig
+
+
+def accuracy_vs_class_size_figure(
+    per_class_accuracy: Tensor | np.ndarray,
+    class_counts: Sequence[int] | Tensor | np.ndarray,
+    title: str = "",
+) -> Figure:
+    """Per-class accuracy against training count (classes absent from the evaluation set are skipped)."""
+    acc = _np(per_class_accuracy)
+    counts = _np(class_counts)
+    ok = ~np.isnan(acc)
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(counts[ok], acc[ok], s=12)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training samples in class")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} per-class accuracy vs class size".strip())
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a figure with Agg and return ``[H, W, 3]`` uint8 RGB (what image loggers accept)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

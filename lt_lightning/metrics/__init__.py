@@ -1,0 +1,10 @@
+"""torchmetrics Metrics for long-tailed recognition and neural collapse (functional maths in ``functional``)."""
+
+from lt_lightning.metrics import functional
+from lt_lightning.metrics.neural_collapse import NeuralCollapse
+from lt_lightning.metrics.shot_accuracy import ShotAccuracy
+
+# Importing the submodule ``neural_collapse`` binds that name on the package; rebind it to the function.
+neural_collapse = functional.neural_collapse
+
+__all__ = ["NeuralCollapse", "ShotAccuracy", "functional", "neural_collapse"]

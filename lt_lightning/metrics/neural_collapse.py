@@ -1,0 +1,304 @@
+"""Streaming, DDP-exact neural-collapse metrics as a torchmetrics ``Metric``.
+
+The maths lives in :mod:`lt_lightning.metrics.functional`; this class holds float64 statistics and calls
+it. See the module docstring there for the definitions and the merge algebra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lt_lightning.data.profiles import shot_groups as _shot_groups_from_counts
+from lt_lightning.metrics.functional import (
+    _GLOBAL_MEANS,
+    SHOT_GROUP_NAMES,
+    _as_group_ids,
+    _check_classifier,
+    _neural_collapse_check_inputs,
+    _neural_collapse_compute,
+    _neural_collapse_merge,
+    _neural_collapse_nc4_update,
+    _neural_collapse_shift_correction,
+    _neural_collapse_update,
+)
+
+__all__ = ["NeuralCollapse"]
+
+_EMPTY_CLASSES = ("error", "drop")
+
+
+class NeuralCollapse(Metric):
+    """NC1–NC4, bias collapse, equinorms and CDNV from streamed features (Papyan et al.; Zhu et al.).
+
+    One pass of :meth:`update` accumulates, in float64, per-class counts ``[K]`` and sums ``[K, d]``,
+    the within-class scatter ``[G, d, d]`` (per shot group, ``G = 1`` without groups) and per-class
+    squared deviations ``[K]`` — ``O(K·d + G·d²)`` memory and ``O(B·d + G·B·d²)`` work per batch with no
+    host sync. That is enough for every metric except ``nc4``, which compares each sample's nearest
+    class mean with the network's prediction and so needs the final means first. ``nc4`` uses an exact
+    **second pass**: call :meth:`freeze_class_means` after the first pass, then :meth:`update_nc4` over
+    the same data; until then ``nc4`` is NaN.
+
+    DDP: every sample must be fed exactly once across ranks (use unpadded shards, or pass ``mask`` to
+    leave out the distributed sampler's padding). The scatter of one rank is about that rank's class
+    means, so ranks cannot simply be summed; ``compute`` merges them exactly with two all-reduces
+    (counts and sums first, then each rank's scatter re-centred on the global class means), and
+    :meth:`freeze_class_means` uses one all-reduce — a fixed number of collectives, whatever the number
+    of batches. ``dist_reduce_fx`` is declared ``"sum"`` for every state; the re-centring happens in
+    the overridden ``_sync_dist`` (and ``_reduce_states`` for ``forward``/``merge_state``).
+
+    The classifier enters at compute time through :meth:`set_classifier` (the classifier-dependent
+    metrics are NaN without it).
+
+    Args:
+        num_classes: ``K``.
+        feature_dim: ``d``.
+        class_counts: training counts ``[K]``; gives the many/medium/few breakdown via
+            ``shot_groups(class_counts, many_threshold, few_threshold)``.
+        shot_groups: ``[K]`` group ids (0 many, 1 medium, 2 few) instead of ``class_counts``.
+        many_threshold, few_threshold: thresholds for ``class_counts``.
+        empty_classes: ``"error"`` (default): ``compute`` raises naming classes without samples;
+            ``"drop"``: metrics use the classes that have samples.
+        rtol: pseudo-inverse cutoff for ``Σ_B`` (see :func:`~lt_lightning.metrics.functional.neural_collapse`).
+        global_mean: ``"sample"`` (default) or ``"class"``.
+        validate_args: also check label values (costs a host sync per batch).
+        kwargs: passed to ``torchmetrics.Metric`` (``dist_sync_fn`` is not supported: the merge needs
+            its own collectives).
+
+    Example:
+        >>> metric = NeuralCollapse(num_classes=3, feature_dim=3)
+        >>> means = torch.eye(3) - 1 / 3
+        >>> labels = torch.arange(3).repeat(5)
+        >>> metric.update(means[labels], labels)
+        >>> _ = metric.freeze_class_means()
+        >>> metric.update_nc4(means[labels], labels, labels)
+        >>> metric.set_classifier(means)
+        >>> res = metric.compute()
+        >>> round(res["nc1"], 6), round(res["nc3"], 6), res["nc4"]
+        (0.0, 0.0, 0.0)
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    counts: Tensor
+    sums: Tensor
+    scatter: Tensor
+    sq_dev: Tensor
+    nc4_mismatch: Tensor
+    nc4_total: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int,
+        *,
+        class_counts: Sequence[int] | Tensor | None = None,
+        shot_groups: Sequence[int] | Tensor | None = None,
+        many_threshold: int = 100,
+        few_threshold: int = 20,
+        empty_classes: str = "error",
+        rtol: float | None = None,
+        global_mean: str = "sample",
+        validate_args: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("dist_sync_fn") is not None:
+            raise ValueError(
+                "NeuralCollapse merges ranks with its own all-reduces; dist_sync_fn is not supported"
+            )
+        super().__init__(**kwargs)
+        for name, value in (("num_classes", num_classes), ("feature_dim", feature_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if num_classes < 2:
+            raise ValueError(f"neural-collapse metrics need num_classes >= 2, got {num_classes}")
+        if class_counts is not None and shot_groups is not None:
+            raise ValueError("pass either class_counts or shot_groups, not both")
+        if empty_classes not in _EMPTY_CLASSES:
+            raise ValueError(f"empty_classes must be one of {_EMPTY_CLASSES}, got {empty_classes!r}")
+        if global_mean not in _GLOBAL_MEANS:
+            raise ValueError(f"global_mean must be one of {_GLOBAL_MEANS}, got {global_mean!r}")
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.empty_classes = empty_classes
+        self.rtol = rtol
+        self.global_mean = global_mean
+        self.validate_args = validate_args
+        if class_counts is not None:
+            counts = torch.as_tensor(class_counts)
+            if counts.shape != (num_classes,):
+                raise ValueError(f"class_counts must have shape [{num_classes}], got {tuple(counts.shape)}")
+            shot_groups = _shot_groups_from_counts(counts, many_threshold, few_threshold)
+        groups = None if shot_groups is None else _as_group_ids(shot_groups, num_classes)
+        self.num_groups = 1 if groups is None else len(SHOT_GROUP_NAMES)
+        # Non-persistent buffers follow .to(device) but stay out of checkpoints.
+        self.register_buffer("class_group", groups, persistent=False)
+        self.register_buffer("_frozen_means", None, persistent=False)
+        f64 = torch.float64
+        self.add_state("counts", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("sums", torch.zeros(num_classes, feature_dim, dtype=f64), dist_reduce_fx="sum")
+        self.add_state(
+            "scatter", torch.zeros(self.num_groups, feature_dim, feature_dim, dtype=f64), dist_reduce_fx="sum"
+        )
+        self.add_state("sq_dev", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
+        self.add_state(
+            "nc4_mismatch", torch.zeros(1 + len(SHOT_GROUP_NAMES), dtype=f64), dist_reduce_fx="sum"
+        )
+        self.add_state("nc4_total", torch.zeros(1 + len(SHOT_GROUP_NAMES), dtype=f64), dist_reduce_fx="sum")
+        self._weight: Tensor | None = None
+        self._bias: Tensor | None = None
+
+    # ---------------------------------------------------------------------------------------- passes
+    def update(self, features: Tensor, labels: Tensor, mask: Tensor | None = None) -> None:
+        """First pass: accumulate the statistics of a batch.
+
+        Args:
+            features: ``[B, d]`` features; labels: ``[B]`` class indices.
+            mask: optional ``[B]`` bool, False for samples to leave out (e.g. DDP padding).
+        """
+        _neural_collapse_check_inputs(
+            features, labels, self.num_classes, self.feature_dim, self.validate_args
+        )
+        _neural_collapse_update(
+            features,
+            labels,
+            self.counts,
+            self.sums,
+            self.scatter,
+            self.sq_dev,
+            class_group=self.class_group,
+            sample_weight=mask,
+        )
+
+    def freeze_class_means(self, return_counts: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Fix the global class means for the ``nc4`` pass and return them ``[K, d]`` (NaN rows: empty).
+
+        Collective under DDP (one all-reduce): call it on every rank, after the first pass. With
+        ``return_counts`` also returns the global per-class sample counts ``[K]``.
+        """
+        counts, sums = self.counts, self.sums
+        if self._to_sync and self._distributed():
+            flat = torch.cat([counts, sums.flatten()])
+            torch.distributed.all_reduce(flat, group=self.process_group)
+            counts, sums = flat[: self.num_classes], flat[self.num_classes :].view_as(sums)
+        means = sums / counts[:, None]  # 0/0 -> NaN marks empty classes
+        self._frozen_means = means
+        self.nc4_mismatch.zero_()
+        self.nc4_total.zero_()
+        self._computed = None
+        return (means.clone(), counts.clone()) if return_counts else means.clone()
+
+    def update_nc4(self, features: Tensor, labels: Tensor, preds: Tensor, mask: Tensor | None = None) -> None:
+        """Second pass: count nearest-class-mean vs network mismatches against the frozen means.
+
+        Args:
+            features: ``[B, d]``; labels: ``[B]`` (they pick the sample's shot group).
+            preds: ``[B]`` predicted classes or ``[B, K]`` logits (logits let the per-group count
+                restrict the network's prediction to the group's classes, like the functional).
+            mask: optional ``[B]`` bool, False for samples to leave out.
+        """
+        if self._frozen_means is None:
+            raise RuntimeError("call freeze_class_means() after the first pass and before update_nc4()")
+        _neural_collapse_check_inputs(
+            features, labels, self.num_classes, self.feature_dim, self.validate_args
+        )
+        if not isinstance(preds, Tensor) or preds.shape not in (
+            labels.shape,
+            (labels.shape[0], self.num_classes),
+        ):
+            raise ValueError(
+                f"preds must be [B] class indices or [B, {self.num_classes}] logits, got "
+                f"{getattr(preds, 'shape', type(preds))}"
+            )
+        self._computed = None
+        usable = ~torch.isnan(self._frozen_means[:, 0])
+        mism, total = _neural_collapse_nc4_update(
+            features, labels, preds, self._frozen_means, usable, self.class_group, mask
+        )
+        self.nc4_mismatch += mism
+        self.nc4_total += total
+
+    def set_classifier(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        """The linear classifier ``weight [K, d]``, ``bias [K]`` that NC2, NC3 and bias collapse use.
+
+        Under DDP it must be the same on every rank (it is, for a DDP-trained model).
+        """
+        _check_classifier(weight, bias, self.num_classes, self.feature_dim)
+        self._weight = weight.detach().to(torch.float64).clone()
+        self._bias = None if bias is None else bias.detach().to(torch.float64).clone()
+        self._computed = None
+
+    def compute(self) -> dict[str, float]:
+        """All metrics as floats: ``nc1``… ``cdnv`` and, with shot groups, ``"nc1/many"`` etc."""
+        classes = None
+        if self.empty_classes == "drop":
+            classes = self.counts > 0
+        return _neural_collapse_compute(
+            self.counts,
+            self.sums,
+            self.scatter,
+            self.sq_dev,
+            weight=self._weight,
+            bias=self._bias,
+            classes=classes,
+            class_group=self.class_group,
+            nc4_mismatch=self.nc4_mismatch if self._frozen_means is not None else None,
+            nc4_total=self.nc4_total if self._frozen_means is not None else None,
+            rtol=self.rtol,
+            global_mean=self.global_mean,
+        )
+
+    def reset(self) -> None:
+        """Clear the statistics and the frozen means (the classifier is kept)."""
+        super().reset()
+        self._frozen_means = None
+
+    # ---------------------------------------------------------------------------------- exact merges
+    def _distributed(self) -> bool:
+        fn = self.distributed_available_fn
+        return bool(fn()) if callable(fn) else False
+
+    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any | None = None) -> None:
+        """Exact cross-rank merge with two all-reduces (Chan et al.'s parallel algorithm, many parts)."""
+        group = process_group or self.process_group
+        k, d = self.sums.shape
+        g1 = self.nc4_mismatch.numel()
+        flat = torch.cat([self.counts, self.sums.flatten(), self.nc4_mismatch, self.nc4_total])
+        torch.distributed.all_reduce(flat, group=group)
+        counts = flat[:k]
+        sums = flat[k : k + k * d].view(k, d)
+        global_means = sums / counts.clamp_min(1.0)[:, None]
+        corr_s, corr_q = _neural_collapse_shift_correction(
+            self.counts, self.sums, global_means, self.class_group, self.num_groups
+        )
+        flat2 = torch.cat([(self.scatter + corr_s).flatten(), self.sq_dev + corr_q])
+        torch.distributed.all_reduce(flat2, group=group)
+        self.counts, self.sums = counts, sums
+        self.nc4_mismatch = flat[k + k * d : k + k * d + g1]
+        self.nc4_total = flat[k + k * d + g1 :]
+        self.scatter = flat2[: self.scatter.numel()].view_as(self.scatter)
+        self.sq_dev = flat2[self.scatter.numel() :]
+
+    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
+        """Exact merge of another copy's statistics (used by ``forward`` and ``merge_state``)."""
+        parts = [
+            {key: incoming_state[key] for key in ("counts", "sums", "scatter", "sq_dev")},
+            {key: getattr(self, key) for key in ("counts", "sums", "scatter", "sq_dev")},
+        ]
+        merged = _neural_collapse_merge(parts, self.class_group)
+        for key, value in merged.items():
+            setattr(self, key, value)
+        self.nc4_mismatch = incoming_state["nc4_mismatch"] + self.nc4_mismatch
+        self.nc4_total = incoming_state["nc4_total"] + self.nc4_total
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: neural collapse has no meaningful per-batch value; call :meth:`update`."""
+        raise TypeError(
+            "NeuralCollapse has no per-batch value; call update() and compute() instead of forward"
+        )
