@@ -294,7 +294,9 @@ class NeuralCollapseCallback(Callback):
         return values, figures
 
     def _log_figures(self, trainer: Trainer, figures: dict[str, Any]) -> None:
-        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+        from lightning.pytorch.loggers import WandbLogger
+
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for logger in wandb_loggers:
             for key, fig in figures.items():
                 logger.log_image(key=key, images=[plots.figure_to_array(fig)], step=trainer.global_step)

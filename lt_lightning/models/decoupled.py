@@ -28,6 +28,14 @@ __all__ = ["DecoupledModule"]
 MODES = ("crt", "lws", "tau_norm", "ncm")
 BN_MODES = ("reestimate", "frozen")
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))
+_REPRESENTATION_DEFAULTS = {
+    "backbone": "resnet32",
+    "backbone_kwargs": None,
+    "fixdim": False,
+    "trainable_backbone": None,
+    "neck": "none",
+    "feature_scale": 1.0,
+}
 
 
 class DecoupledModule(LongTailModule):
@@ -71,9 +79,10 @@ class DecoupledModule(LongTailModule):
             raise ValueError(f"tau must be >= 0, got {tau}")
         if any(t < 0 for t in tau_grid) or not len(tau_grid):
             raise ValueError(f"tau_grid must be non-empty with values >= 0, got {list(tau_grid)}")
-        clash = sorted({"backbone", "backbone_kwargs", "fixdim", "neck", "feature_scale"} & set(kwargs))
+        # The CLI passes every base argument, defaults included: only a changed value is an error.
+        clash = sorted(k for k, v in _REPRESENTATION_DEFAULTS.items() if k in kwargs and kwargs.pop(k) != v)
         if clash:
-            raise ValueError(f"stage 2 keeps the stage-1 representation; do not pass {clash}")
+            raise ValueError(f"stage 2 keeps the stage-1 representation; do not set {clash}")
         stage1 = load_module_from_checkpoint(stage1_checkpoint)
         if stage1.num_classes != num_classes:
             raise ValueError(

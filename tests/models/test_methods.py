@@ -283,3 +283,9 @@ def test_stage2_errors(tmp_path, stage1_ckpt):
     torch.save({"state_dict": {}}, bad)
     with pytest.raises(ValueError, match="not a checkpoint of an lt_lightning module"):
         _stage2(str(bad), "crt")
+
+
+def test_stage2_rejects_a_new_representation(stage1_ckpt):
+    with pytest.raises(ValueError, match=r"do not set \['neck'\]"):
+        _stage2(stage1_ckpt, "crt", neck="bn")
+    _stage2(stage1_ckpt, "crt", neck="none", fixdim=False)  # defaults are fine (the CLI passes them)
