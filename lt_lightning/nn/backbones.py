@@ -310,7 +310,32 @@ class FixDim(nn.Module):
         return self.project(self.backbone(x))
 
 
-BACKBONE_NAMES = ("resnet32", "resnet32_tde", *TORCHVISION_ARCHS, "mlp")
+class UnconstrainedFeatures(nn.Module):
+    """The unconstrained-features model (Mixon et al.; Zhu et al.; Markou et al.): every training sample's
+    feature is a free parameter. The input is the ``[N]`` sample indices; the output their ``[N, d]`` rows.
+
+    Args:
+        num_samples: number of samples (rows).
+        dim: feature dimension d.
+        init_std: standard deviation of the Gaussian initialisation.
+        seed: seed of the initialisation (a local generator).
+    """
+
+    def __init__(self, num_samples: int, dim: int, init_std: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        _check_positive_int("num_samples", num_samples)
+        _check_positive_int("dim", dim)
+        g = torch.Generator().manual_seed(seed)
+        self.features = nn.Parameter(init_std * torch.randn(num_samples, dim, generator=g))
+        self.out_features = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"UnconstrainedFeatures takes sample indices (int64), got dtype {x.dtype}")
+        return self.features[x]
+
+
+BACKBONE_NAMES = ("resnet32", "resnet32_tde", *TORCHVISION_ARCHS, "mlp", "ufm")
 
 
 def build_backbone(
@@ -337,6 +362,8 @@ def build_backbone(
         backbone = TorchvisionResNet(arch=name, **kwargs)
     elif name == "mlp":
         backbone = MLP(**kwargs)
+    elif name == "ufm":
+        backbone = UnconstrainedFeatures(**kwargs)
     else:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
     if fixdim:
