@@ -272,6 +272,7 @@ def test_stage2_errors(tmp_path, stage1_ckpt):
         _stage2(str(tmp_path / "missing.ckpt"), "crt")
     dm = synthetic_dm(num_classes=5)
     kw = model_kwargs(dm, stage1_checkpoint=stage1_ckpt, mode="crt")
+    kw.pop("backbone"), kw.pop("backbone_kwargs")
     with pytest.raises(ValueError, match="has 6 classes but the data has num_classes=5"):
         DecoupledModule(**kw)
     with pytest.raises(ValueError, match="unknown decoupled mode 'cb'"):

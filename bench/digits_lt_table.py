@@ -1,0 +1,96 @@
+"""The digits-LT results table: every method, top-1 and many/medium/few accuracy on the balanced
+test set, mean ± std over seeds, each run through the ``lt-lightning`` CLI with the shipped configs.
+
+    python bench/digits_lt_table.py [--seeds 0 1 2]
+
+For seed S every run gets ``--seed_everything S --data.init_args.seed S`` (so the long-tailed split
+changes with the seed too) and runs in bench/results/digits_lt/seed{S}/ (stage-2 configs find their
+stage-1 checkpoint there). Writes bench/results/digits_lt_table.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from lt_lightning.cli import build_cli
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "digits_lt"
+RESULTS = Path(__file__).with_name("results")
+FIT = ["joint", "fixed_etf", "fixed_etf_ce", "tde", "implicit_etf", "crt", "lws"]
+TEST_ONLY = ["tau_norm", "ncm"]
+KEYS = ["acc", "many_acc", "medium_acc", "few_acc"]
+
+
+def run_seed(seed: int) -> dict[str, dict[str, float]]:
+    workdir = RESULTS / "digits_lt" / f"seed{seed}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    here = os.getcwd()
+    os.chdir(workdir)
+    out = {}
+    try:
+        for method in FIT + TEST_ONLY:
+            args = [
+                "--config",
+                str(CONFIGS / f"{method}.yaml"),
+                "--seed_everything",
+                str(seed),
+                "--data.init_args.seed",
+                str(seed),
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+            if method in FIT:
+                cli = build_cli(["fit", *args])
+                metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+                nc1 = cli.trainer.callback_metrics.get("nc/train/nc1")
+            else:
+                cli = build_cli(["test", *args])
+                metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+                nc1 = None
+            out[method] = {k: float(metrics[f"test/{k}"]) for k in KEYS}
+            if nc1 is not None:
+                out[method]["nc1"] = float(nc1)
+            print(seed, method, out[method], flush=True)
+    finally:
+        os.chdir(here)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    per_seed = {s: run_seed(s) for s in args.seeds}
+    rows = []
+    for method in FIT + TEST_ONLY:
+        row = {"method": method}
+        for key in [*KEYS, "nc1"]:
+            vals = [per_seed[s][method][key] for s in args.seeds if key in per_seed[s][method]]
+            if vals:
+                row[key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        rows.append(row)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "digits_lt_table.json").write_text(
+        json.dumps({"seeds": args.seeds, "per_seed": per_seed, "rows": rows}, indent=2)
+    )
+    print("\n| method | top-1 | many | medium | few | NC1 (train) |\n|---|---|---|---|---|---|")
+    for row in rows:
+        cells = []
+        for key in [*KEYS, "nc1"]:
+            if key not in row:
+                cells.append("–")
+            elif key == "nc1":
+                cells.append(f"{row[key][0]:.3f} ± {row[key][1]:.3f}")
+            else:
+                cells.append(f"{100 * row[key][0]:.1f} ± {100 * row[key][1]:.1f}")
+        print(f"| {row['method']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
