@@ -27,14 +27,14 @@ TEST_ONLY = ["tau_norm", "ncm"]
 KEYS = ["acc", "many_acc", "medium_acc", "few_acc"]
 
 
-def run_seed(seed: int) -> dict[str, dict[str, float]]:
+def run_seed(seed: int, methods: list[str]) -> dict[str, dict[str, float]]:
     workdir = RESULTS / "digits_lt" / f"seed{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
     here = os.getcwd()
     os.chdir(workdir)
     out = {}
     try:
-        for method in FIT + TEST_ONLY:
+        for method in methods:
             args = [
                 "--config",
                 str(CONFIGS / f"{method}.yaml"),
@@ -47,8 +47,8 @@ def run_seed(seed: int) -> dict[str, dict[str, float]]:
             ]
             if method in FIT:
                 cli = build_cli(["fit", *args])
+                nc1 = cli.trainer.callback_metrics.get("nc/train/nc1")  # test() resets callback_metrics
                 metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
-                nc1 = cli.trainer.callback_metrics.get("nc/train/nc1")
             else:
                 cli = build_cli(["test", *args])
                 metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
@@ -65,8 +65,20 @@ def run_seed(seed: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=FIT + TEST_ONLY,
+        choices=FIT + TEST_ONLY,
+        help="re-run only these (stage 2 reuses the joint checkpoints already there); others are kept",
+    )
     args = parser.parse_args()
-    per_seed = {s: run_seed(s) for s in args.seeds}
+    saved = RESULTS / "digits_lt_table.json"
+    per_seed = {}
+    if saved.is_file() and set(args.methods) != set(FIT + TEST_ONLY):
+        per_seed = {int(k): v for k, v in json.loads(saved.read_text())["per_seed"].items()}
+    for s in args.seeds:
+        per_seed.setdefault(s, {}).update(run_seed(s, args.methods))
     rows = []
     for method in FIT + TEST_ONLY:
         row = {"method": method}
