@@ -236,8 +236,13 @@ class LongTailModule(L.LightningModule):
             )
         else:
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
+            return opt
         if not (self.trainer.max_epochs and self.trainer.max_epochs > 0):
-            raise ValueError("the lr schedules are defined in epochs: set trainer max_epochs (> 0)")
+            raise ValueError(
+                f"lr_schedule={hp.lr_schedule!r} with warm-up {hp.warmup_epochs} is defined in epochs: "
+                "set trainer max_epochs (> 0)"
+            )
         max_epochs = self.trainer.max_epochs
         per_epoch = hp.lr_interval == "epoch"
         steps_per_epoch = 1.0 if per_epoch else max(self.trainer.estimated_stepping_batches / max_epochs, 1.0)
