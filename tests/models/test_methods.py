@@ -290,3 +290,33 @@ def test_stage2_rejects_a_new_representation(stage1_ckpt):
     with pytest.raises(ValueError, match=r"do not set \['neck'\]"):
         _stage2(stage1_ckpt, "crt", neck="bn")
     _stage2(stage1_ckpt, "crt", neck="none", fixdim=False)  # defaults are fine (the CLI passes them)
+
+
+def test_schedules_need_max_epochs_but_constant_does_not(tmp_path):
+    dm = synthetic_dm()
+    model = JointModule(**model_kwargs(dm, lr_schedule="constant"))
+    cpu_trainer(tmp_path, max_epochs=-1, max_steps=3).fit(model, datamodule=dm)
+    assert model.global_step == 3
+    cosine = JointModule(**model_kwargs(dm, lr_schedule="cosine"))
+    with pytest.raises(ValueError, match="set trainer max_epochs"):
+        cpu_trainer(tmp_path, max_epochs=-1, max_steps=3).fit(cosine, datamodule=dm)
+
+
+def test_per_epoch_lr_interval_holds_the_rate_within_an_epoch(tmp_path):
+    dm = synthetic_dm()
+    model = JointModule(**model_kwargs(dm, lr=0.1, lr_schedule="cosine", lr_interval="epoch"))
+    seen = []
+
+    class Record(__import__("lightning").Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.current_epoch, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    cpu_trainer(tmp_path, max_epochs=4, callbacks=[Record()]).fit(model, datamodule=dm)
+    by_epoch = {}
+    for epoch, lr in seen:
+        by_epoch.setdefault(epoch, set()).add(lr)
+    assert all(len(v) == 1 for v in by_epoch.values())
+    import math
+
+    for epoch, (lr,) in ((e, tuple(v)) for e, v in by_epoch.items()):
+        assert lr == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * epoch / 4)))
