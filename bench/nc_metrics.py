@@ -6,6 +6,9 @@ For each configuration, float32 features ``[N, d]`` with long-tailed labels are 
 - ``compute``: exact cross-part merge + NC1 via the thin SVD + NC2/NC3/...;
 - ``nc4 pass``: the second pass against the frozen class means.
 
+``prod`` is the dtype of the per-batch scatter product (``f64``: the exact default; ``f32``:
+``NeuralCollapse(product_dtype=torch.float32)``, ~1e-7 relative error, still summed in float64).
+
 Baselines in the same process: one ``features.T @ features`` GEMM in float32 and in float64 (operands
 converted beforehand), and a per-sample Python loop like Zhu et al.'s ``validate_NC.py`` (class means by
 per-sample adds, then ``Σ_W += (h − μ)(h − μ)ᵀ`` per sample, then ``pinv`` of the ``d × d`` ``Σ_B``);
@@ -70,14 +73,17 @@ def _loop_reference(feats: torch.Tensor, labels: torch.Tensor, k: int) -> None:
         sigma_w += v.unsqueeze(1) @ v.unsqueeze(0)
 
 
-def run_config(n: int, d: int, k: int, batch: int, loop_n: int, groups: bool, repeats: int) -> dict:
+def run_config(
+    n: int, d: int, k: int, batch: int, loop_n: int, groups: bool, repeats: int, product: str = "f64"
+) -> dict:
     feats, labels, weight, counts = _data(n, d, k)
     f64 = feats.double()
     logits = feats @ weight.T
     batches = list(zip(feats.split(batch), labels.split(batch), logits.split(batch)))
     kwargs = {"class_counts": counts.long().tolist()} if groups else {}
 
-    metric = NeuralCollapse(k, d, empty_classes="drop", **kwargs)
+    product_dtype = torch.float64 if product == "f64" else torch.float32
+    metric = NeuralCollapse(k, d, empty_classes="drop", product_dtype=product_dtype, **kwargs)
 
     def first_pass():
         metric.reset()
@@ -125,6 +131,7 @@ def run_config(n: int, d: int, k: int, batch: int, loop_n: int, groups: bool, re
         "K": k,
         "batch": batch,
         "shot_groups": groups,
+        "product": product,
         "gemm_f32_s": t_gemm32,
         "gemm_f64_s": t_gemm64,
         "update_s": t_update,
@@ -147,25 +154,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args()
     if args.quick:
-        configs = [(2048, 64, 10, 512, 256, False), (2048, 64, 10, 512, 256, True)]
+        configs = [(2048, 64, 10, 512, 256, False, "f64"), (2048, 64, 10, 512, 256, True, "f32")]
         repeats = 1
     else:
         configs = [
-            (50_000, 512, 100, 512, 2_000, False),
-            (50_000, 512, 100, 512, 2_000, True),
+            (50_000, 512, 100, 512, 2_000, False, "f64"),
+            (50_000, 512, 100, 512, 2_000, False, "f32"),
+            (50_000, 512, 100, 512, 2_000, True, "f64"),
             # N reduced from 50,000 on this 2-core CPU: every timed quantity here is linear in N
-            (20_000, 2048, 1000, 512, 200, False),
+            (20_000, 2048, 1000, 512, 200, False, "f64"),
+            (20_000, 2048, 1000, 512, 200, False, "f32"),
         ]
         repeats = 3
-    rows = [run_config(*cfg, repeats=repeats) for cfg in configs]
+    rows = [run_config(*cfg[:6], repeats=repeats, product=cfg[6]) for cfg in configs]
     header = (
-        f"{'N':>6} {'d':>5} {'K':>5} {'grp':>4} {'gemm32':>8} {'gemm64':>8} {'update':>8} {'compute':>8} "
+        f"{'N':>6} {'d':>5} {'K':>5} {'grp':>4} {'prod':>4} {'gemm32':>8} {'gemm64':>8} {'update':>8} {'compute':>8} "
         f"{'nc4':>7} {'x/g32':>6} {'x/g64':>6} {'loop(ext)':>10} {'speedup':>8} {'stateMB':>8} {'cacheMB':>8}"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['N']:>6} {r['d']:>5} {r['K']:>5} {('yes' if r['shot_groups'] else 'no'):>4} "
+            f"{r['N']:>6} {r['d']:>5} {r['K']:>5} {('yes' if r['shot_groups'] else 'no'):>4} {r['product']:>4} "
             f"{r['gemm_f32_s']:>8.3f} {r['gemm_f64_s']:>8.3f} {r['update_s']:>8.3f} {r['compute_s']:>8.3f} "
             f"{r['nc4_pass_s']:>7.3f} {r['ratio_vs_gemm_f32']:>6.2f} {r['ratio_vs_gemm_f64']:>6.2f} "
             f"{r['loop_extrapolated_s']:>10.1f} {r['speedup_vs_loop']:>8.0f} {r['state_bytes'] / 2**20:>8.2f} "

@@ -66,6 +66,9 @@ class NeuralCollapse(Metric):
         rtol: pseudo-inverse cutoff for ``Σ_B`` (see :func:`~lt_lightning.metrics.functional.neural_collapse`).
         global_mean: ``"sample"`` (default) or ``"class"``.
         validate_args: also check label values (costs a host sync per batch).
+        product_dtype: ``torch.float64`` (default; exact, e.g. DDP equals one process to 1e-10) or
+            ``torch.float32`` for the per-batch ``B×d×d`` scatter product: float32-GEMM speed, ~1e-7
+            relative error, still accumulated in float64.
         kwargs: passed to ``torchmetrics.Metric`` (``dist_sync_fn`` is not supported: the merge needs
             its own collectives).
 
@@ -106,8 +109,11 @@ class NeuralCollapse(Metric):
         rtol: float | None = None,
         global_mean: str = "sample",
         validate_args: bool = False,
+        product_dtype: torch.dtype = torch.float64,
         **kwargs: Any,
     ) -> None:
+        if product_dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"product_dtype must be torch.float64 or torch.float32, got {product_dtype}")
         if kwargs.get("dist_sync_fn") is not None:
             raise ValueError(
                 "NeuralCollapse merges ranks with its own all-reduces; dist_sync_fn is not supported"
@@ -130,6 +136,7 @@ class NeuralCollapse(Metric):
         self.rtol = rtol
         self.global_mean = global_mean
         self.validate_args = validate_args
+        self.product_dtype = product_dtype
         if class_counts is not None:
             counts = torch.as_tensor(class_counts)
             if counts.shape != (num_classes,):
@@ -174,6 +181,7 @@ class NeuralCollapse(Metric):
             self.sq_dev,
             class_group=self.class_group,
             sample_weight=mask,
+            product_dtype=self.product_dtype,
         )
 
     def freeze_class_means(self, return_counts: bool = False) -> Tensor | tuple[Tensor, Tensor]:

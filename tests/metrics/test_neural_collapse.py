@@ -500,3 +500,25 @@ def test_two_process_gloo_exact_and_fixed_collectives(tmp_path):
 
 def test_package_exports_the_function_not_the_submodule():
     assert package_level_function is neural_collapse
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_float32_scatter_product_is_close_to_exact(groups):
+    h, y, w, b = _make_data([40, 25, 9, 3], 6, seed=5, dtype=torch.float32)
+    kwargs = {"class_counts": [150, 60, 10, 3]} if groups else {}
+    exact = NeuralCollapse(4, 6, **kwargs)
+    fast = NeuralCollapse(4, 6, product_dtype=torch.float32, **kwargs)
+    for metric in (exact, fast):
+        for hb, yb in zip(h.split(13), y.split(13)):
+            metric.update(hb, yb)
+        metric.set_classifier(w, b)
+    e, f = exact.compute(), fast.compute()
+    for key in ("nc1", "nc2_h", "nc3", "equinorm_h"):
+        assert f[key] == pytest.approx(e[key], rel=1e-5), key
+    if groups:
+        assert f["nc1/many"] == pytest.approx(e["nc1/many"], rel=1e-5, nan_ok=True)
+
+
+def test_product_dtype_validated():
+    with pytest.raises(ValueError, match="product_dtype must be"):
+        NeuralCollapse(3, 2, product_dtype=torch.float16)
