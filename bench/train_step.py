@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (default: all)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.quick:
@@ -123,6 +124,8 @@ def main() -> None:
         methods["implicit_etf"] = lambda: ImplicitETFModule(**base, **common)
     except ImportError:
         pass
+    if args.methods:
+        methods = {name: make for name, make in methods.items() if name in args.methods}
     loader = _loader(batch * (steps + warmup), shape, k, batch)
     rows = []
     for name, make in methods.items():
