@@ -24,6 +24,7 @@ EXPECTED_DIM = {
     "resnext50_32x4d": 2048,
     "resnet152": 2048,
     "mlp": 256,
+    "ufm": 16,
 }
 
 
@@ -31,6 +32,8 @@ def _make(name: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     if name == "mlp":
         return build_backbone(name, in_features=64, **kwargs), torch.randn(4, 1, 8, 8)
+    if name == "ufm":  # free features: the input is sample indices
+        return build_backbone(name, num_samples=6, dim=16, **kwargs), torch.tensor([0, 5, 2, 5])
     if name == "resnet18":
         kwargs.setdefault("cifar_stem", True)
     return build_backbone(name, **kwargs), torch.randn(2, 3, 32, 32)
@@ -47,7 +50,8 @@ def test_backbone_contract(name: str) -> None:
     feats = net(x)
     assert feats.shape == (x.shape[0], net.out_features)
     assert torch.isfinite(feats).all()
-    assert (feats >= 0).all()  # pooled post-ReLU activations
+    if name != "ufm":  # free features can be negative
+        assert (feats >= 0).all()  # pooled post-ReLU activations
     feats.square().mean().backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
