@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -171,9 +172,11 @@ class LongTailModule(L.LightningModule):
         return self.forward_head(self.extract_features(x))
 
     # ---- training -----------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        # Mixup draws from its own generators, seeded per rank; never from global RNG.
-        self._mixup_gen = torch.Generator().manual_seed(self.hparams.seed * 1000 + self.global_rank)
+    def on_train_epoch_start(self) -> None:
+        # Mixup draws from its own generator, re-seeded from (seed, rank, epoch) every epoch: never from
+        # global RNG, different on every rank, and a run resumed at an epoch boundary draws the same stream.
+        seed = np.random.SeedSequence([self.hparams.seed, self.global_rank, self.current_epoch])
+        self._mixup_gen = torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

@@ -23,9 +23,9 @@ class TDEModule(LongTailModule):
 
     Args:
         num_heads, tau, gamma: the causal-norm head (defaults 2, 16, 1/32).
-        momentum: μ of the moving average x̄ ← μ·x̄ + mean_batch(x): a number (CIFAR: 0.9) or ``"lr"``
+        embed_momentum: μ of the moving average x̄ ← μ·x̄ + mean_batch(x): a number (CIFAR: 0.9) or ``"lr"``
             for Tang's ImageNet-style rule μ = 1 − 0.1·min(50·lr, 1), recomputed every epoch from the
-            current learning rate.
+            current learning rate. (Named apart from the optimiser's ``momentum``, which SGD keeps.)
         alpha: TDE strength at evaluation (CIFAR-10: 1.0, CIFAR-100: 1.5, ImageNet-LT: 3.0).
         alpha_grid: values swept at validation (empty: no sweep).
         backbone: default ``"resnet32_tde"`` (Tang's two-branch ResNet-32, 128-d).
@@ -37,21 +37,21 @@ class TDEModule(LongTailModule):
         num_heads: int = 2,
         tau: float = 16.0,
         gamma: float = 1 / 32,
-        momentum: float | str = 0.9,
+        embed_momentum: float | str = 0.9,
         alpha: float = 1.0,
         alpha_grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
         backbone: str | nn.Module = "resnet32_tde",
         **kwargs,
     ) -> None:
-        if isinstance(momentum, str) and momentum != "lr":
-            raise ValueError(f"momentum must be a number in [0, 1] or 'lr', got {momentum!r}")
+        if isinstance(embed_momentum, str) and embed_momentum != "lr":
+            raise ValueError(f"embed_momentum must be a number in [0, 1] or 'lr', got {embed_momentum!r}")
         if any(a < 0 for a in alpha_grid):
             raise ValueError(f"alpha_grid values must be >= 0, got {list(alpha_grid)}")
         self._head_kwargs = {
             "num_heads": num_heads,
             "tau": tau,
             "gamma": gamma,
-            "momentum": 0.9 if momentum == "lr" else momentum,  # set per epoch from the lr
+            "momentum": 0.9 if embed_momentum == "lr" else embed_momentum,  # set per epoch from the lr
             "alpha": alpha,
         }
         super().__init__(backbone=backbone, **kwargs)
@@ -66,7 +66,8 @@ class TDEModule(LongTailModule):
         return CausalNormHead(in_features, num_classes, **self._head_kwargs)
 
     def on_train_epoch_start(self) -> None:
-        if self.hparams.momentum == "lr":
+        super().on_train_epoch_start()
+        if self.hparams.embed_momentum == "lr":
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # a host float: no device sync
             self.head.momentum = 1.0 - 0.1 * min(50.0 * lr, 1.0)
 

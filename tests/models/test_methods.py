@@ -320,3 +320,34 @@ def test_per_epoch_lr_interval_holds_the_rate_within_an_epoch(tmp_path):
 
     for epoch, (lr,) in ((e, tuple(v)) for e, v in by_epoch.items()):
         assert lr == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * epoch / 4)))
+
+
+def test_mixup_resumes_exactly_at_an_epoch_boundary(tmp_path):
+    def fresh():
+        torch.manual_seed(0)
+        dm = synthetic_dm()
+        return dm, FixedETFModule(**model_kwargs(dm, mixup_alpha=1.0))
+
+    dm, straight = fresh()
+    cpu_trainer(tmp_path / "a", max_epochs=2).fit(straight, datamodule=dm)
+    dm, first = fresh()
+    t = cpu_trainer(tmp_path / "b", max_epochs=1)
+    t.fit(first, datamodule=dm)
+    t.save_checkpoint(tmp_path / "one.ckpt")
+    dm, resumed = fresh()
+    cpu_trainer(tmp_path / "c", max_epochs=2).fit(
+        resumed, datamodule=dm, ckpt_path=str(tmp_path / "one.ckpt")
+    )
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=1e-6)
+
+
+def test_tde_momentum_follows_the_learning_rate(tmp_path):
+    dm = synthetic_dm()
+    model = TDEModule(**model_kwargs(dm, embed_momentum="lr", lr=0.01, momentum=0.5))
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert model.head.momentum == pytest.approx(1 - 0.1 * min(50 * 0.01, 1.0))
+    assert trainer.optimizers[0].param_groups[0]["momentum"] == 0.5  # SGD's momentum is its own
+    with pytest.raises(ValueError, match="embed_momentum must be a number in \\[0, 1\\] or 'lr'"):
+        TDEModule(**model_kwargs(dm, embed_momentum="epoch"))
