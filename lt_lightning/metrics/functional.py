@@ -39,6 +39,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lt_lightning.data.profiles import shot_groups as shot_groups_from_counts
+
 __all__ = ["NC_KEYS", "SHOT_GROUP_NAMES", "neural_collapse"]
 
 #: Keys of every neural-collapse result (each also appears as ``f"{key}/{group}"`` with shot groups).
@@ -85,6 +87,24 @@ def _as_group_ids(groups: Sequence[int] | Tensor, num_classes: int) -> Tensor:
     if g.is_floating_point() or (g.numel() and (int(g.min()) < 0 or int(g.max()) >= len(SHOT_GROUP_NAMES))):
         raise ValueError(f"shot_groups must hold integer ids 0 (many), 1 (medium), 2 (few), got {g.tolist()}")
     return g.long()
+
+
+def _resolve_class_groups(
+    num_classes: int,
+    class_counts: Sequence[int] | Tensor | None,
+    shot_groups: Sequence[int] | Tensor | None,
+    many_threshold: int,
+    few_threshold: int,
+) -> Tensor | None:
+    """Shot-group ids ``[K]`` from either the training counts or explicit ids (None when neither)."""
+    if class_counts is not None and shot_groups is not None:
+        raise ValueError("pass either class_counts or shot_groups, not both")
+    if class_counts is not None:
+        counts = torch.as_tensor(class_counts)
+        if counts.shape != (num_classes,):
+            raise ValueError(f"class_counts must have shape [{num_classes}], got {tuple(counts.shape)}")
+        shot_groups = shot_groups_from_counts(counts, many_threshold, few_threshold)
+    return None if shot_groups is None else _as_group_ids(shot_groups, num_classes)
 
 
 def _check_classifier(weight: Tensor, bias: Tensor | None, num_classes: int, feature_dim: int) -> None:

@@ -13,11 +13,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lt_lightning.data.profiles import shot_groups as _shot_groups_from_counts
 from lt_lightning.metrics.functional import (
     _GLOBAL_MEANS,
     SHOT_GROUP_NAMES,
-    _as_group_ids,
     _check_classifier,
     _neural_collapse_check_inputs,
     _neural_collapse_compute,
@@ -25,6 +23,7 @@ from lt_lightning.metrics.functional import (
     _neural_collapse_nc4_update,
     _neural_collapse_shift_correction,
     _neural_collapse_update,
+    _resolve_class_groups,
 )
 
 __all__ = ["NeuralCollapse"]
@@ -124,8 +123,6 @@ class NeuralCollapse(Metric):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if num_classes < 2:
             raise ValueError(f"neural-collapse metrics need num_classes >= 2, got {num_classes}")
-        if class_counts is not None and shot_groups is not None:
-            raise ValueError("pass either class_counts or shot_groups, not both")
         if empty_classes not in _EMPTY_CLASSES:
             raise ValueError(f"empty_classes must be one of {_EMPTY_CLASSES}, got {empty_classes!r}")
         if global_mean not in _GLOBAL_MEANS:
@@ -137,12 +134,7 @@ class NeuralCollapse(Metric):
         self.global_mean = global_mean
         self.validate_args = validate_args
         self.product_dtype = product_dtype
-        if class_counts is not None:
-            counts = torch.as_tensor(class_counts)
-            if counts.shape != (num_classes,):
-                raise ValueError(f"class_counts must have shape [{num_classes}], got {tuple(counts.shape)}")
-            shot_groups = _shot_groups_from_counts(counts, many_threshold, few_threshold)
-        groups = None if shot_groups is None else _as_group_ids(shot_groups, num_classes)
+        groups = _resolve_class_groups(num_classes, class_counts, shot_groups, many_threshold, few_threshold)
         self.num_groups = 1 if groups is None else len(SHOT_GROUP_NAMES)
         # Non-persistent buffers follow .to(device) but stay out of checkpoints.
         self.register_buffer("class_group", groups, persistent=False)

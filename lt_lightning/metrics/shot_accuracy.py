@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lt_lightning.data.profiles import shot_groups as _shot_groups_from_counts
-from lt_lightning.metrics.functional import SHOT_GROUP_NAMES, _as_group_ids
+from lt_lightning.metrics.functional import SHOT_GROUP_NAMES, _resolve_class_groups
 
 __all__ = ["ShotAccuracy"]
 
@@ -127,14 +126,7 @@ class ShotAccuracy(Metric):
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if class_counts is not None and shot_groups is not None:
-            raise ValueError("pass either class_counts or shot_groups, not both")
-        if class_counts is not None:
-            counts = torch.as_tensor(class_counts)
-            if counts.shape != (num_classes,):
-                raise ValueError(f"class_counts must have shape [{num_classes}], got {tuple(counts.shape)}")
-            shot_groups = _shot_groups_from_counts(counts, many_threshold, few_threshold)
-        groups = None if shot_groups is None else _as_group_ids(shot_groups, num_classes)
+        groups = _resolve_class_groups(num_classes, class_counts, shot_groups, many_threshold, few_threshold)
         self.num_classes = num_classes
         self.register_buffer("class_group", groups, persistent=False)
         self.add_state("correct", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
