@@ -2,13 +2,15 @@
 mixup (Zhang et al. ICLR 2018).
 
 Nothing here synchronises with the device: class counts use ``index_add_`` (``torch.bincount`` on CUDA
-reads the maximum label back to the host), and mixup's lambda is drawn on the host.
+reads the maximum label back to the host), and mixup's lambda is drawn on the host. Under DDP the DR loss
+all-reduces its class counts (a collective on device, still no host sync).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,6 +27,13 @@ def _batch_class_counts(labels: Tensor, num_classes: int, dtype: torch.dtype) ->
     return counts.index_add_(0, labels, torch.ones(labels.shape, dtype=dtype, device=labels.device))
 
 
+def _global_world_size() -> int:
+    """World size of the default process group, 1 when none is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
 def dot_regression_loss(
     features: Tensor,
     etf: Tensor,
@@ -34,6 +43,7 @@ def dot_regression_loss(
     reg_lambda: float = 0.0,
     reduction: str = "mean",
     count_labels: Tensor | None = None,
+    sync_counts: bool = True,
 ) -> Tensor:
     """Dot-regression loss of a fixed simplex-ETF classifier (Yang et al. NeurIPS 2022, as coded).
 
@@ -48,6 +58,13 @@ def dot_regression_loss(
     Mixup: ``lam * loss(h, etf, y_a, count_labels=y) + (1 - lam) * loss(h, etf, y_b, count_labels=y)``
     takes the balancing counts from the un-mixed labels ``y`` (a permutation has the same counts).
 
+    DDP: Yang trains with DataParallel, so ``n_c`` and ``gamma`` are those of the whole (global) batch.
+    With ``sync_counts`` and an initialised process group of size R > 1, the K counts and the batch sizes
+    are all-reduced (every rank must call this the same number of times per step, as a training step
+    does), and ``"mean"`` returns ``R * sum_local / B_global``: the mean over ranks of the per-rank
+    losses (what DDP's gradient averaging optimises) equals the loss of the concatenated global batch,
+    also for unequal per-rank batches.
+
     Args:
         features: ``[N, d]`` features h (after the feature neck).
         etf: ``[K, d]`` fixed classifier (unscaled).
@@ -56,6 +73,8 @@ def dot_regression_loss(
         reg_lambda: weight of the feature-norm penalty, >= 0.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``[N]`` per-sample losses).
         count_labels: ``[B]`` labels whose counts define ``n_c`` and ``gamma`` (default: ``labels``).
+        sync_counts: all-reduce counts and batch size over the default process group when one is
+            initialised (no effect otherwise).
 
     Returns:
         Scalar loss (or ``[N]`` for ``reduction="none"``).
@@ -74,13 +93,26 @@ def dot_regression_loss(
     if reg_lambda < 0:
         raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
 
+    world = _global_world_size() if sync_counts else 1
+    global_n: Tensor | None = None
+    if world > 1 and reduction == "mean":
+        # the global number of samples, for a mean over the concatenated batch
+        global_n = torch.tensor([float(labels.numel())], dtype=features.dtype, device=features.device)
+        dist.all_reduce(global_n)
+
     target = etf[labels]  # [N, d]
     if class_balanced:
         cl = labels if count_labels is None else count_labels
         if cl.ndim != 1:
             raise ValueError(f"count_labels must be 1-D, got shape {tuple(cl.shape)}")
-        counts = _batch_class_counts(cl, etf.shape[0], target.dtype)  # [K]
-        gamma = cl.numel() / (counts > 0).sum().to(counts.dtype).clamp_min(1.0)
+        # counts and the count-label total in one buffer: one collective per call
+        counts_and_b = torch.zeros(etf.shape[0] + 1, dtype=target.dtype, device=target.device)
+        counts_and_b[:-1] = _batch_class_counts(cl, etf.shape[0], target.dtype)
+        counts_and_b[-1] = cl.numel()
+        if world > 1:
+            dist.all_reduce(counts_and_b)
+        counts, total = counts_and_b[:-1], counts_and_b[-1]  # [K], scalar
+        gamma = total / (counts > 0).sum().to(counts.dtype).clamp_min(1.0)
         # Absent classes get count 1 only to keep the (unused) entries finite.
         scale = (gamma / counts.clamp_min(1.0)).sqrt()
         target = target * scale[labels].unsqueeze(1)
@@ -93,6 +125,8 @@ def dot_regression_loss(
     if reg_lambda > 0:
         loss = loss + reg_lambda * h_norm
     if reduction == "mean":
+        if global_n is not None:
+            return loss.sum() * world / global_n.squeeze(0)
         return loss.mean()
     if reduction == "sum":
         return loss.sum()

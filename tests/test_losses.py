@@ -284,3 +284,51 @@ def test_training_path_has_no_host_sync_on_cuda() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert h.grad is not None
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("reg_lambda", [0.0, 0.01])
+def test_dot_regression_loss_ddp_uses_global_batch_counts(tmp_path, reg_lambda) -> None:
+    """2 gloo ranks with unequal shards: mean of rank losses == loss of the concatenated batch (Yang's
+    DataParallel balancing), and the DDP-averaged gradient equals the concatenated batch's gradient."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.ddp_dr_loss_script import SPLIT, make_batch
+
+    script = Path(__file__).with_name("ddp_dr_loss_script.py")
+    root = script.parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    init = tmp_path / "init"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), str(init), str(tmp_path), str(reg_lambda)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+
+    h, etf, y = make_batch()
+    expected = ref_dot_regression(h, etf, y, reg_lambda=reg_lambda)  # counts of the whole batch
+    np.testing.assert_allclose(torch.cat([r0["none"], r1["none"]]).numpy(), expected, rtol=1e-10)
+    mean_over_ranks = (r0["loss"] + r1["loss"]) / 2
+    assert mean_over_ranks.item() == pytest.approx(expected.mean(), rel=1e-10)
+    # local balancing (what each rank would do on its own) gives a different loss: the test can fail
+    local = [
+        ref_dot_regression(h[s], etf, y[s], reg_lambda=reg_lambda)
+        for s in (slice(0, SPLIT), slice(SPLIT, None))
+    ]
+    assert abs(np.mean([v.mean() for v in local]) - expected.mean()) > 1e-3
+
+    hc = h.clone().requires_grad_(True)
+    dot_regression_loss(hc, etf, y, reg_lambda=reg_lambda, sync_counts=False).backward()
+    ddp_grad = torch.cat([r0["grad"], r1["grad"]]) / 2  # DDP averages gradients over the 2 ranks
+    torch.testing.assert_close(ddp_grad, hc.grad, rtol=1e-10, atol=1e-12)
