@@ -2,7 +2,8 @@
 ``forward(x)`` returns the pooled, flattened penultimate features ``[N, d]``.
 
 - :class:`CIFARResNet32`: He et al. CVPR 2016 CIFAR ResNet-32 (width 16 -> 64-d, width 32 -> 128-d).
-- :class:`TDEResNet32`: Tang et al. NeurIPS 2020 variant whose last stage ends in two parallel blocks.
+- :class:`TDEResNet32`: Tang et al. NeurIPS 2020 variant whose last stage ends in two parallel blocks
+  (zero-padding shortcuts and fan-in init, as Tang's ``models/ResNet32Feature.py``).
 - :class:`TorchvisionResNet`: torchvision ResNet/ResNeXt without its ``fc`` (optional CIFAR stem).
 - :class:`MLP`: for digits (``[N, 1, 8, 8]``) and synthetic (``[N, D]``) data.
 - :func:`build_backbone`: by name, with Zhu et al.'s ``fixdim`` projection to K dimensions.
@@ -51,7 +52,8 @@ class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual connection (He et al. 2016).
 
     When the shape changes the shortcut is either ``"A"``, zero-padding (the LDAM-DRW CIFAR ResNet-32
-    behind Yang's and the decoupling CIFAR numbers), or ``"B"``, a 1x1 conv + BN projection (BBN/TDE).
+    behind Yang's and the decoupling CIFAR numbers, and Tang's TDE ResNet-32), or ``"B"``, a 1x1 conv +
+    BN projection.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, shortcut: str = "B") -> None:
@@ -142,25 +144,28 @@ class TDEResNet32(nn.Module):
 
     Stem and stages 1-2 as :class:`CIFARResNet32` (width 16); stage 3 has 4 shared blocks (the first at
     stride 2) and then two parallel 64-channel blocks whose outputs are concatenated along channels
-    (2 x 64 = 128), so each path is still 32 layers deep. ``out_features = 128``.
+    (2 x 64 = 128), so each path is still 32 layers deep. ``out_features = 128``. As Tang's
+    ``models/ResNet32Feature.py`` (``BBN_ResNet_Cifar`` with ``option="A"``): zero-padding shortcuts (no
+    1x1 projections) and Kaiming-normal fan-in init of the convolutions (BN at (1, 0)).
 
     Args:
         in_channels: input channels.
+        shortcut: ``"A"`` (Tang's) or ``"B"`` (1x1 projections, fan-out init; not Tang's recipe).
     """
 
-    def __init__(self, in_channels: int = 3) -> None:
+    def __init__(self, in_channels: int = 3, shortcut: str = "A") -> None:
         super().__init__()
         _check_positive_int("in_channels", in_channels)
         width = 16
         self.stem = nn.Sequential(_conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.layer1 = _stage(width, width, 5, 1)
-        self.layer2 = _stage(width, 2 * width, 5, 2)
-        self.layer3 = _stage(2 * width, 4 * width, 4, 2)
-        self.branch1 = BasicBlock(4 * width, 4 * width)
-        self.branch2 = BasicBlock(4 * width, 4 * width)
+        self.layer1 = _stage(width, width, 5, 1, shortcut)
+        self.layer2 = _stage(width, 2 * width, 5, 2, shortcut)
+        self.layer3 = _stage(2 * width, 4 * width, 4, 2, shortcut)
+        self.branch1 = BasicBlock(4 * width, 4 * width, 1, shortcut)
+        self.branch2 = BasicBlock(4 * width, 4 * width, 1, shortcut)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_features = 8 * width
-        _init_resnet(self)
+        _init_resnet(self, "fan_in" if shortcut == "A" else "fan_out")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled concatenated feature map ``[N, 128, H', W']``."""

@@ -191,3 +191,20 @@ def test_bad_shortcut():
 
     with pytest.raises(ValueError, match="shortcut must be 'A'"):
         CIFARResNet32(shortcut="C")
+
+
+def test_tde_resnet32_is_tangs_option_a_network() -> None:
+    """Tang's ResNet32Feature: option-A (zero-padding) shortcuts, no 1x1 convs, Kaiming fan-in init."""
+    torch.manual_seed(0)
+    net = TDEResNet32()
+    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in net.modules())
+    # 3x3 stem + 5 + 5 + 4 shared blocks + 2 parallel blocks; BN (2 per channel) after every conv
+    conv = 3 * 16 * 9 + 10 * 16 * 16 * 9 + (16 * 32 * 9 + 9 * 32 * 32 * 9)
+    conv += 32 * 64 * 9 + 7 * 64 * 64 * 9 + 4 * 64 * 64 * 9  # 4 shared blocks, then 2 parallel ones
+    bn = 2 * (16 + 10 * 16 + 10 * 32 + 8 * 64 + 4 * 64)
+    assert sum(p.numel() for p in net.parameters()) == conv + bn == 537_488
+    # fan-in: the 16 -> 32 stride-2 conv has fan_in 144 (fan_out 288): std sqrt(2/144)
+    w = net.layer2[0].conv1.weight
+    assert w.std().item() == pytest.approx((2 / 144) ** 0.5, rel=0.05)
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x).shape == (2, 128)
