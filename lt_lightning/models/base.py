@@ -52,6 +52,11 @@ class LongTailModule(L.LightningModule):
         lr_interval: ``"step"`` (the factor follows the fractional epoch, smooth) or ``"epoch"`` (held
             constant within an epoch, as the authors' code does; e.g. Yang's warm-up lr·(e+1)/5 is
             ``warmup_epochs=4, warmup_start_factor=0.2``, Tang's 1/3 → 1 over 5 epochs is ``5, 1/3``).
+        lr_epoch_offset: train epoch e at the schedule's factor of epoch ``e + lr_epoch_offset``. 0 (default)
+            is the schedule as written; 1 reproduces Kaihua Tang's code (``run_networks.py`` calls
+            ``scheduler.step()`` at the start of every epoch, under PyTorch >= 1.1 the first epoch
+            already trains at the factor of epoch 1: the last cosine epoch trains at lr 0 and each
+            multistep decay comes one epoch early).
         warmup_epochs, warmup_start_factor: linear warm-up from ``start·lr`` to ``lr`` over these epochs.
         milestones, milestone_factors: multistep epochs and the cumulative lr factors from them on.
         mixup_alpha: mixup's Beta(α, α) (0 = off); labels are mixed in the loss.
@@ -77,6 +82,7 @@ class LongTailModule(L.LightningModule):
         weight_decay: float = 5e-4,
         lr_schedule: str = "cosine",
         lr_interval: str = "step",
+        lr_epoch_offset: int = 0,
         warmup_epochs: float = 0.0,
         warmup_start_factor: float = 0.0,
         milestones: Sequence[int] = (),
@@ -104,6 +110,8 @@ class LongTailModule(L.LightningModule):
             raise ValueError(f"lr_interval must be 'step' or 'epoch', got {lr_interval!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if isinstance(lr_epoch_offset, bool) or not isinstance(lr_epoch_offset, int) or lr_epoch_offset < 0:
+            raise ValueError(f"lr_epoch_offset must be an int >= 0 (Tang's code: 1), got {lr_epoch_offset!r}")
         if warmup_epochs < 0 or not 0.0 <= warmup_start_factor <= 1.0:
             raise ValueError(
                 f"warmup_epochs must be >= 0 and warmup_start_factor in [0, 1], got {warmup_epochs}, "
@@ -239,7 +247,7 @@ class LongTailModule(L.LightningModule):
             )
         else:
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
+        if hp.lr_schedule == "constant" and hp.warmup_epochs <= hp.get("lr_epoch_offset", 0):
             return opt
         if not (self.trainer.max_epochs and self.trainer.max_epochs > 0):
             raise ValueError(
@@ -252,6 +260,7 @@ class LongTailModule(L.LightningModule):
         factor = partial(
             _step_lr_factor,
             steps_per_epoch=steps_per_epoch,
+            epoch_offset=hp.get("lr_epoch_offset", 0),
             schedule=hp.lr_schedule,
             max_epochs=max_epochs,
             warmup_epochs=hp.warmup_epochs,
@@ -267,8 +276,8 @@ class LongTailModule(L.LightningModule):
         checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
 
-def _step_lr_factor(step: int, *, steps_per_epoch: float, **kwargs) -> float:
-    return lr_factor(step / steps_per_epoch, **kwargs)
+def _step_lr_factor(step: int, *, steps_per_epoch: float, epoch_offset: int = 0, **kwargs) -> float:
+    return lr_factor(step / steps_per_epoch + epoch_offset, **kwargs)
 
 
 def load_module_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> LongTailModule:
