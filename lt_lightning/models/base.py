@@ -44,6 +44,7 @@ class LongTailModule(L.LightningModule):
         fixdim: append a projection so the feature dimension equals K (Zhu et al.).
         trainable_backbone: if given, only backbone parameters whose names start with one of these
             prefixes train (e.g. ``["net.layer4"]``: Kang's Places-LT stage 1 trains the last block).
+            A backbone built by name must then load pretrained weights (``backbone_kwargs.weights_path``).
         neck: feature normalisation before the head: ``"none"``, ``"bn"``, ``"l2"``, ``"bn_l2"``.
         feature_scale: constant factor after the neck (e.g. Markou's feature temperature).
         optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
@@ -135,6 +136,13 @@ class LongTailModule(L.LightningModule):
             unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
             if unmatched:
                 raise ValueError(f"trainable_backbone prefixes {unmatched} match no backbone parameter")
+            if not isinstance(backbone, nn.Module) and not (backbone_kwargs or {}).get("weights_path"):
+                # freezing most of a randomly initialised network trains a random-feature model, silently
+                raise ValueError(
+                    f"trainable_backbone={list(prefixes)} freezes the rest of backbone {backbone!r}, which has no "
+                    "pretrained weights: set backbone_kwargs.weights_path to a saved state dict (e.g. Kang's "
+                    "Places-LT recipe: an ImageNet-pretrained ResNet-152), or drop trainable_backbone"
+                )
             for name, param in self.backbone.named_parameters():
                 param.requires_grad_(name.startswith(prefixes))
         self.feature_dim = int(self.backbone.out_features)
