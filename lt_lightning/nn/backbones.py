@@ -4,7 +4,8 @@
 - :class:`CIFARResNet32`: He et al. CVPR 2016 CIFAR ResNet-32 (width 16 -> 64-d, width 32 -> 128-d).
 - :class:`TDEResNet32`: Tang et al. NeurIPS 2020 variant whose last stage ends in two parallel blocks
   (zero-padding shortcuts and fan-in init, as Tang's ``models/ResNet32Feature.py``).
-- :class:`TorchvisionResNet`: torchvision ResNet/ResNeXt without its ``fc`` (optional CIFAR stem).
+- :class:`TorchvisionResNet`: torchvision ResNet/ResNeXt without its ``fc`` (optional CIFAR stem), and
+  ``"resnet50_yang"``: Yang et al.'s ImageNet-LT ResNet-50 whose layer4 has 1024 planes (4096-d features).
 - :class:`MLP`: for digits (``[N, 1, 8, 8]``) and synthetic (``[N, D]``) data.
 - :func:`build_backbone`: by name, with Zhu et al.'s ``fixdim`` projection to K dimensions.
 """
@@ -176,7 +177,23 @@ class TDEResNet32(nn.Module):
         return self.pool(self.forward_features(x)).flatten(1)
 
 
-TORCHVISION_ARCHS = ("resnet18", "resnet50", "resnext50_32x4d", "resnet152")
+TORCHVISION_ARCHS = ("resnet18", "resnet50", "resnext50_32x4d", "resnet152", "resnet50_yang")
+#: Yang et al. (NeurIPS 2022) ``models/resnet.py`` ``ResNet_FE`` (``resnet50_fe``): layer4 built with 1024
+#: planes instead of 512, so its bottlenecks output 4 x 1024 = 4096 channels.
+YANG_LAYER4_PLANES = 1024
+
+
+def _resnet50_yang() -> torchvision.models.ResNet:
+    """torchvision's ResNet-50 with Yang's widened layer4 (``[3, 4, 6, 3]`` bottlenecks, 4096-d output)."""
+    from torchvision.models.resnet import Bottleneck
+
+    net = torchvision.models.resnet50(weights=None)
+    net.inplanes = 256 * Bottleneck.expansion  # layer3's output, the input of layer4
+    net.layer4 = net._make_layer(Bottleneck, YANG_LAYER4_PLANES, 3, stride=2)
+    # the same init as torchvision's constructor (and Yang's): Kaiming fan-out convs, BN at (1, 0)
+    _init_resnet(net.layer4, "fan_out")
+    net.fc = nn.Linear(YANG_LAYER4_PLANES * Bottleneck.expansion, 1000)
+    return net
 
 
 class TorchvisionResNet(nn.Module):
@@ -187,7 +204,8 @@ class TorchvisionResNet(nn.Module):
     pass its path as ``weights_path``: ``fc.*`` keys are dropped and the rest must match exactly.
 
     Args:
-        arch: ``"resnet18"`` (512-d), ``"resnet50"``, ``"resnext50_32x4d"``, ``"resnet152"`` (2048-d).
+        arch: ``"resnet18"`` (512-d), ``"resnet50"``, ``"resnext50_32x4d"``, ``"resnet152"`` (2048-d),
+            ``"resnet50_yang"`` (4096-d: Yang et al.'s ResNet-50 with a 1024-plane layer4).
         cifar_stem: replace the 7x7/2 stem conv with a 3x3/1 conv and drop the max-pool (32x32 inputs).
         in_channels: input channels (a new stem conv when != 3).
         weights_path: a ``torch.save``-d state dict (optionally under a ``"state_dict"`` key) to load.
@@ -204,7 +222,7 @@ class TorchvisionResNet(nn.Module):
         if arch not in TORCHVISION_ARCHS:
             raise ValueError(f"arch must be one of {TORCHVISION_ARCHS}, got {arch!r}")
         _check_positive_int("in_channels", in_channels)
-        net = getattr(torchvision.models, arch)(weights=None)
+        net = _resnet50_yang() if arch == "resnet50_yang" else getattr(torchvision.models, arch)(weights=None)
         self.out_features = int(net.fc.in_features)
         net.fc = nn.Identity()
         if cifar_stem:
@@ -351,7 +369,7 @@ def build_backbone(
     Args:
         name: one of ``BACKBONE_NAMES``: ``"resnet32"`` (:class:`CIFARResNet32`), ``"resnet32_tde"``
             (:class:`TDEResNet32`), ``"resnet18"``, ``"resnet50"``, ``"resnext50_32x4d"``,
-            ``"resnet152"`` (:class:`TorchvisionResNet`), ``"mlp"`` (:class:`MLP`).
+            ``"resnet152"``, ``"resnet50_yang"`` (:class:`TorchvisionResNet`), ``"mlp"`` (:class:`MLP`).
         num_classes: K; required with ``fixdim``.
         fixdim: append :class:`FixDim` so that ``out_features = K``.
         **kwargs: passed to the backbone's constructor.

@@ -23,6 +23,7 @@ EXPECTED_DIM = {
     "resnet50": 2048,
     "resnext50_32x4d": 2048,
     "resnet152": 2048,
+    "resnet50_yang": 4096,
     "mlp": 256,
     "ufm": 16,
 }
@@ -208,3 +209,25 @@ def test_tde_resnet32_is_tangs_option_a_network() -> None:
     assert w.std().item() == pytest.approx((2 / 144) ** 0.5, rel=0.05)
     x = torch.randn(2, 3, 32, 32)
     assert net(x).shape == (2, 128)
+
+
+def test_resnet50_yang_has_a_1024_plane_layer4_and_4096_features() -> None:
+    """Yang's models/resnet.py ResNet_FE: layer4 = _make_layer(Bottleneck, 1024, 3, stride=2)."""
+    from lt_lightning.nn.backbones import build_backbone
+
+    net = build_backbone("resnet50_yang")
+    plain = build_backbone("resnet50")
+    assert net.out_features == 4096 and plain.out_features == 2048
+    assert [b.conv1.out_channels for b in net.net.layer4] == [1024] * 3
+    assert net.net.layer4[0].conv1.in_channels == 1024  # fed by layer3's 4 x 256 channels
+    # layers 1-3 and the stem are torchvision's ResNet-50 unchanged
+    for name in ("conv1", "layer1", "layer2", "layer3"):
+        a = [p.shape for p in getattr(net.net, name).parameters()]
+        assert a == [p.shape for p in getattr(plain.net, name).parameters()]
+    # layer4 parameters from the bottleneck formula (1x1, 3x3, 1x1 convs + BNs; 1x1 projection in block 0)
+    w, out = 1024, 4096
+    block = lambda cin: cin * w + 9 * w * w + w * out + 2 * (2 * w + out)  # noqa: E731
+    expected = block(1024) + (1024 * out + 2 * out) + 2 * block(out)
+    assert sum(p.numel() for p in net.net.layer4.parameters()) == expected
+    net.eval()
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 4096)
