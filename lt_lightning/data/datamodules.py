@@ -134,6 +134,13 @@ class LongTailDataModule(L.LightningDataModule):
         return shot_groups(self.class_counts, self.many_threshold, self.few_threshold)
 
     @property
+    def val_is_test(self) -> bool:
+        """True when validation reuses the test split (no ``val_per_class`` / no separate val file):
+        anything chosen on validation (τ, α, a checkpoint) would then be chosen on the test set."""
+        self.train_dataset_or_setup()
+        return self.val_dataset is self.test_dataset
+
+    @property
     def num_train_samples(self) -> int:
         return int(sum(self.class_counts))
 

@@ -228,6 +228,12 @@ class DecoupledModule(LongTailModule):
         if self.hparams.mode == "ncm":
             self.fit_ncm(dm.train_eval_dataloader())
         elif self.hparams.mode == "tau_norm" and self.trainer.state.fn != "validate":
+            if getattr(dm, "val_is_test", False):
+                raise ValueError(
+                    f"tau_norm would choose tau on the test split: {type(dm).__name__} has no separate "
+                    "validation split. Set data.init_args.val_per_class > 0 (held-out training images) or a "
+                    "val_file, or fix model.init_args.tau (Kang's tau_norm.py prints every tau on test instead)"
+                )
             self.select_tau(dm.val_dataloader())
 
     def on_validation_start(self) -> None:
@@ -245,6 +251,13 @@ class DecoupledModule(LongTailModule):
             return super().validation_step(batch, batch_idx)
         x, y = batch
         self._tau_sweep_update(self.extract_features(x), y)
+
+    def on_test_epoch_end(self) -> None:
+        if self.hparams.mode == "tau_norm":
+            self.log(
+                "test/tau_norm/tau", float(self.head.tau)
+            )  # the tau used (chosen on validation or fixed)
+        super().on_test_epoch_end()
 
     def on_validation_epoch_end(self) -> None:
         if self.tau_sweep is None:

@@ -28,6 +28,9 @@ class TDEModule(LongTailModule):
             current learning rate. (Named apart from the optimiser's ``momentum``, which SGD keeps.)
         alpha: TDE strength at evaluation (CIFAR-10: 1.0, CIFAR-100: 1.5, ImageNet-LT: 3.0).
         alpha_grid: values swept at validation (empty: no sweep).
+        alpha_from_validation: use the α of the last validation sweep (best top-1) at test and logged as
+            ``test/tde_alpha/alpha``; refuses a datamodule whose validation split is its test split. Tang
+            reports a fixed α per dataset instead (the default, ``False``).
         backbone: default ``"resnet32_tde"`` (Tang's two-branch ResNet-32, 128-d).
         **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments.
     """
@@ -40,6 +43,7 @@ class TDEModule(LongTailModule):
         embed_momentum: float | str = 0.9,
         alpha: float = 1.0,
         alpha_grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
+        alpha_from_validation: bool = False,
         backbone: str | nn.Module = "resnet32_tde",
         **kwargs,
     ) -> None:
@@ -47,6 +51,8 @@ class TDEModule(LongTailModule):
             raise ValueError(f"embed_momentum must be a number in [0, 1] or 'lr', got {embed_momentum!r}")
         if any(a < 0 for a in alpha_grid):
             raise ValueError(f"alpha_grid values must be >= 0, got {list(alpha_grid)}")
+        if alpha_from_validation and not len(alpha_grid):
+            raise ValueError("alpha_from_validation needs a non-empty alpha_grid to choose from")
         self._head_kwargs = {
             "num_heads": num_heads,
             "tau": tau,
@@ -61,6 +67,8 @@ class TDEModule(LongTailModule):
             "few_threshold": self.hparams.few_threshold,
         }
         self.alpha_sweep = AccuracySweep(alpha_grid, self.num_classes, **shot) if len(alpha_grid) else None
+        # the α chosen by the last validation sweep (-1: none yet); a buffer, so checkpoints keep it
+        self.register_buffer("selected_alpha", torch.tensor(-1.0))
 
     def build_head(self, in_features: int, num_classes: int) -> nn.Module:
         return CausalNormHead(in_features, num_classes, **self._head_kwargs)
@@ -93,3 +101,31 @@ class TDEModule(LongTailModule):
         best = self.alpha_sweep.best(results)
         self.log("val/tde_alpha/best_alpha", self.alpha_sweep.values[best])
         self.alpha_sweep.reset()
+        if self.hparams.alpha_from_validation and not self.trainer.sanity_checking:
+            self._check_val_is_not_test()
+            self.selected_alpha.fill_(self.alpha_sweep.values[best])
+
+    def _check_val_is_not_test(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if getattr(dm, "val_is_test", False):
+            raise ValueError(
+                f"alpha_from_validation would choose alpha on the test split: {type(dm).__name__} has no "
+                "separate validation split; set data.init_args.val_per_class > 0 or a val_file"
+            )
+
+    def on_fit_start(self) -> None:
+        if self.hparams.alpha_from_validation:
+            self._check_val_is_not_test()
+
+    def on_test_start(self) -> None:
+        if self.hparams.alpha_from_validation:
+            if float(self.selected_alpha) < 0:  # once per test run: a host read is fine here
+                raise ValueError(
+                    "alpha_from_validation: no alpha was selected yet (fit with validation first, or test a "
+                    "checkpoint written after a validation epoch)"
+                )
+            self.head.alpha = float(self.selected_alpha)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/tde_alpha/alpha", float(self.head.alpha))
+        super().on_test_epoch_end()
