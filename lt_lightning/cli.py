@@ -45,6 +45,9 @@ class LTLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for name in ("num_classes", "class_counts", "many_threshold", "few_threshold"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.link_arguments(
+            "data.explicit_shot_groups", "model.init_args.shot_groups", apply_on="instantiate"
+        )
 
 
 def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LTLightningCLI:

@@ -13,6 +13,7 @@ share, so metrics that sum per-class counts across ranks count every sample exac
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -94,8 +95,21 @@ class LongTailDataModule(L.LightningDataModule):
         drop_last: bool = False,
         many_threshold: int = 100,
         few_threshold: int = 20,
+        shot_group_boundaries: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if shot_group_boundaries is not None:
+            b = list(shot_group_boundaries)
+            if (
+                len(b) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in b)
+                or not 0 <= b[0] <= b[1]
+            ):
+                raise ValueError(
+                    "shot_group_boundaries must be two class indices [medium_start, few_start] with "
+                    f"0 <= medium_start <= few_start (Yang's CIFAR-100-LT: [36, 71]), got {shot_group_boundaries!r}"
+                )
+        self.shot_group_boundaries = None if shot_group_boundaries is None else list(shot_group_boundaries)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
         if sampler == "power" and (sampler_q is None or not 0.0 <= sampler_q <= 1.0):
@@ -130,8 +144,22 @@ class LongTailDataModule(L.LightningDataModule):
     # ---- facts about the split -------------------------------------------------------------------
     @property
     def shot_groups(self) -> torch.LongTensor:
-        """``[K]`` shot group of every class: 0 many, 1 medium, 2 few."""
+        """``[K]`` shot group of every class: 0 many, 1 medium, 2 few. From ``shot_group_boundaries`` (class
+        index ranges, as Yang's ``head/med/tail_class_idx``) when given, else from the count thresholds."""
+        if self.shot_group_boundaries is not None:
+            medium, few = self.shot_group_boundaries
+            if few > self.num_classes:
+                raise ValueError(
+                    f"shot_group_boundaries {self.shot_group_boundaries} exceed K={self.num_classes}"
+                )
+            idx = torch.arange(self.num_classes)
+            return (idx >= medium).long() + (idx >= few).long()
         return shot_groups(self.class_counts, self.many_threshold, self.few_threshold)
+
+    @property
+    def explicit_shot_groups(self) -> list[int] | None:
+        """``[K]`` shot groups when ``shot_group_boundaries`` is given (linked into the model), else None."""
+        return None if self.shot_group_boundaries is None else self.shot_groups.tolist()
 
     @property
     def val_is_test(self) -> bool:

@@ -38,6 +38,8 @@ class LongTailModule(L.LightningModule):
         num_classes: K (linked from the datamodule by the CLI).
         class_counts: ``[K]`` training counts (linked from the datamodule), for shot-group accuracy.
         many_threshold, few_threshold: shot-group thresholds (linked from the datamodule).
+        shot_groups: ``[K]`` explicit shot group per class (0 many, 1 medium, 2 few), overriding the
+            thresholds (linked from the datamodule's ``shot_group_boundaries``, e.g. Yang's class ranges).
         backbone: a name of :func:`lt_lightning.nn.backbones.build_backbone` or a ready ``nn.Module``
             with an ``out_features`` attribute.
         backbone_kwargs: keyword arguments of the backbone (e.g. ``{"width": 32}`` for 128-d ResNet-32).
@@ -70,6 +72,7 @@ class LongTailModule(L.LightningModule):
         class_counts: Sequence[int] | None = None,
         many_threshold: int = 100,
         few_threshold: int = 20,
+        shot_groups: Sequence[int] | None = None,
         backbone: str | nn.Module = "resnet32",
         backbone_kwargs: dict[str, Any] | None = None,
         fixdim: bool = False,
@@ -148,16 +151,23 @@ class LongTailModule(L.LightningModule):
         self.feature_dim = int(self.backbone.out_features)
         self.neck = FeatureNeck(self.feature_dim, neck, scale=feature_scale)
         self.head = self.build_head(self.feature_dim, num_classes)
-        metric = partial(
-            ShotAccuracy,
-            num_classes,
-            class_counts=self.class_counts,
-            many_threshold=many_threshold,
-            few_threshold=few_threshold,
-        )
+        if shot_groups is not None and len(shot_groups) != num_classes:
+            raise ValueError(f"shot_groups has {len(shot_groups)} entries but num_classes={num_classes}")
+        metric = partial(ShotAccuracy, num_classes, **self.shot_kwargs())
         self.val_metrics = metric()
         self.test_metrics = metric()
         self._mixup_gen: torch.Generator | None = None
+
+    def shot_kwargs(self) -> dict[str, Any]:
+        """Shot-group arguments of :class:`ShotAccuracy`: explicit groups if given, else counts + thresholds."""
+        hp = self.hparams
+        if hp.get("shot_groups") is not None:
+            return {"shot_groups": list(hp.shot_groups)}
+        return {
+            "class_counts": self.class_counts,
+            "many_threshold": hp.many_threshold,
+            "few_threshold": hp.few_threshold,
+        }
 
     # ---- what a method overrides ------------------------------------------------------------------
     def build_head(self, in_features: int, num_classes: int) -> nn.Module:

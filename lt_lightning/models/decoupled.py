@@ -101,11 +101,7 @@ class DecoupledModule(LongTailModule):
         for module in (self.backbone, self.neck):
             module.requires_grad_(False)
         self.mode = mode
-        shot = {
-            "class_counts": self.class_counts,
-            "many_threshold": self.hparams.many_threshold,
-            "few_threshold": self.hparams.few_threshold,
-        }
+        shot = self.shot_kwargs()
         self.tau_sweep = (
             AccuracySweep(tau_grid, num_classes, **shot) if mode == "tau_norm" and tau is None else None
         )

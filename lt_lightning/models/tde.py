@@ -61,11 +61,7 @@ class TDEModule(LongTailModule):
             "alpha": alpha,
         }
         super().__init__(backbone=backbone, **kwargs)
-        shot = {
-            "class_counts": self.class_counts,
-            "many_threshold": self.hparams.many_threshold,
-            "few_threshold": self.hparams.few_threshold,
-        }
+        shot = self.shot_kwargs()
         self.alpha_sweep = AccuracySweep(alpha_grid, self.num_classes, **shot) if len(alpha_grid) else None
         # the α chosen by the last validation sweep (-1: none yet); a buffer, so checkpoints keep it
         self.register_buffer("selected_alpha", torch.tensor(-1.0))
