@@ -32,7 +32,7 @@ from lt_lightning.data.datasets import (
     read_svhn,
 )
 from lt_lightning.data.profiles import PROFILES, long_tail_counts, shot_groups
-from lt_lightning.data.samplers import SAMPLERS, DistributedEvalSampler, build_sampler
+from lt_lightning.data.samplers import BATCH_SAMPLERS, SAMPLERS, DistributedEvalSampler, build_sampler
 from lt_lightning.data.splits import long_tail_split
 from lt_lightning.data.transforms import cifar_transforms, imagenet_transforms, small_image_transforms
 
@@ -67,7 +67,8 @@ class LongTailDataModule(L.LightningDataModule):
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
         num_workers: DataLoader workers.
         sampler: ``"instance"``, ``"class"`` (Kang's 4-per-visit round robin), ``"sqrt"``, ``"power"``
-            (class probability ∝ n_c^q) or ``"progressive"``.
+            (class probability ∝ n_c^q), ``"progressive"`` or ``"stratified"`` (Markou: every batch holds each
+            class in its training proportion, :class:`~lt_lightning.data.samplers.StratifiedBatchSampler`).
         sampler_q: q of the ``"power"`` sampler, in [0, 1].
         samples_per_class: samples per class visit of the ``"class"`` sampler (Kang: 4).
         sampler_epochs: T of the ``"progressive"`` sampler (default: the trainer's ``max_epochs``).
@@ -110,8 +111,9 @@ class LongTailDataModule(L.LightningDataModule):
                     f"0 <= medium_start <= few_start (Yang's CIFAR-100-LT: [36, 71]), got {shot_group_boundaries!r}"
                 )
         self.shot_group_boundaries = None if shot_group_boundaries is None else list(shot_group_boundaries)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+        if sampler not in SAMPLERS + BATCH_SAMPLERS:
+            valid = ", ".join(SAMPLERS + BATCH_SAMPLERS)
+            raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {valid}")
         if sampler == "power" and (sampler_q is None or not 0.0 <= sampler_q <= 1.0):
             raise ValueError(f"the 'power' sampler needs sampler_q in [0, 1], got {sampler_q!r}")
         if sampler_q is not None and not 0.0 <= sampler_q <= 1.0:
@@ -245,6 +247,7 @@ class LongTailDataModule(L.LightningDataModule):
             num_replicas=num_replicas,
             rank=rank,
             num_classes=self.num_classes,
+            batch_size=self.train_batch_size() * num_replicas if self.sampler == "stratified" else None,
         )
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:

@@ -60,6 +60,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 __all__ = [
+    "BATCH_SAMPLERS",
     "SAMPLERS",
     "ClassBalancedSampler",
     "DistributedEvalSampler",
@@ -68,11 +69,14 @@ __all__ = [
     "PowerSampler",
     "ProgressivelyBalancedSampler",
     "SquareRootSampler",
+    "StratifiedBatchSampler",
     "build_sampler",
     "progressive_lambda",
 ]
 
 SAMPLERS = ("instance", "class", "sqrt", "power", "progressive")
+#: samplers whose epoch is a list of whole batches (not N independent draws): need the batch size
+BATCH_SAMPLERS = ("stratified",)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -670,6 +674,70 @@ class ProgressivelyBalancedSampler(LongTailSampler):
         return self._draw_with_replacement(*_alias_table(weights), generator)
 
 
+class StratifiedBatchSampler(LongTailSampler):
+    """Stratified batches (Markou et al., ``nc/datasets.py`` ``StratifiedBatchSampler``): every batch holds
+    each class in the proportion of the training set.
+
+    Markou's sampler yields the test folds of ``StratifiedKFold(n_splits=N // B)``: each epoch every sample
+    once, and each class's samples spread evenly over the ``N // B`` batches. Here each epoch drops
+    ``N mod B`` random samples (a different few every epoch) so that every batch has exactly ``B``
+    samples (Markou's have ``B`` or ``B + 1``); each class is then dealt round-robin over the batches, so
+    class ``c`` has ``floor`` or ``ceil`` of ``n_c (N // B) B / N / (N // B)`` samples in every batch.
+    Under DDP the global batch ``b`` is the union of the ranks' ``b``-th batches: rank ``r`` takes the
+    ``r``-th ``B / R`` of every (shuffled) global batch.
+
+    Args:
+        labels: ``[N]`` integer class labels.
+        batch_size: the GLOBAL batch size B (summed over ranks; divisible by the world size).
+        seed, num_replicas, rank, num_classes: as :class:`LongTailSampler`.
+    """
+
+    def __init__(self, labels, *, batch_size: int, **kwargs) -> None:
+        super().__init__(labels, **kwargs)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if batch_size % self.num_replicas:
+            raise ValueError(
+                f"the stratified sampler's global batch_size {batch_size} must be divisible by the world "
+                f"size {self.num_replicas}"
+            )
+        if batch_size > len(self.labels):
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(self.labels)} training samples")
+        self.batch_size = batch_size
+        self.num_batches = len(self.labels) // batch_size
+        self.num_samples = self.num_batches * batch_size // self.num_replicas
+        self.total_size = self.num_samples * self.num_replicas
+
+    @property
+    def num_total(self) -> int:
+        return self.num_batches * self.batch_size
+
+    def _draw(self, epoch: int, generator: torch.Generator) -> torch.LongTensor:
+        n, kept = len(self.labels), self.num_total
+        keep = torch.randperm(n, generator=generator)[:kept]  # drop N mod B random samples
+        # class-major, shuffled within each class: sort the kept samples by (label, random key)
+        key = self.labels.index_select(0, keep).double() + torch.rand(
+            kept, generator=generator, dtype=torch.float64
+        )
+        class_major = keep.index_select(0, torch.argsort(key))
+        # deal round-robin: position i goes to batch i mod num_batches, so each class spreads evenly
+        batches = class_major.view(-1, self.num_batches).T.contiguous()  # [num_batches, B]
+        # shuffle within each batch (so rank slices are not class blocks) and the batch order
+        within = torch.argsort(torch.rand(batches.shape, generator=generator), dim=1)
+        batches = batches.gather(1, within)
+        return batches.index_select(0, torch.randperm(self.num_batches, generator=generator))
+
+    def global_indices(self, epoch: int) -> torch.LongTensor:
+        """``[num_batches * B]`` indices: consecutive blocks of ``B`` are the global batches."""
+        return self._draw(epoch, _epoch_generator(self.seed, epoch)).flatten()
+
+    def __iter__(self) -> Iterator[int]:
+        batches = self._draw(self.epoch, _epoch_generator(self.seed, self.epoch))  # [num_batches, B]
+        per_rank = self.batch_size // self.num_replicas
+        mine = batches[:, self.rank * per_rank : (self.rank + 1) * per_rank]
+        return iter(mine.flatten().tolist())
+
+
 def build_sampler(
     name: str,
     labels: Sequence[int] | np.ndarray | torch.Tensor,
@@ -681,19 +749,21 @@ def build_sampler(
     num_replicas: int | None = None,
     rank: int | None = None,
     num_classes: int | None = None,
+    batch_size: int | None = None,
 ) -> LongTailSampler:
     """Build a training sampler by name (one of :data:`SAMPLERS`).
 
     ``q`` is required by ``"power"`` and rejected by the other names (it would contradict them);
     ``num_epochs`` is required by ``"progressive"`` and ignored otherwise (a datamodule may always pass
-    the run length); ``samples_per_class`` is used by ``"class"`` only.
+    the run length); ``samples_per_class`` is used by ``"class"`` only; ``batch_size`` (the global batch)
+    is required by ``"stratified"``.
 
     >>> build_sampler("sqrt", [0, 0, 0, 1]).q
     0.5
     """
     common = {"seed": seed, "num_replicas": num_replicas, "rank": rank, "num_classes": num_classes}
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    if name not in SAMPLERS + BATCH_SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS + BATCH_SAMPLERS)}")
     if q is not None and name != "power":
         raise ValueError(f"q={q!r} only applies to the 'power' sampler, not to {name!r}")
     if name == "instance":
@@ -702,6 +772,10 @@ def build_sampler(
         return ClassBalancedSampler(labels, samples_per_class=samples_per_class, **common)
     if name == "sqrt":
         return SquareRootSampler(labels, **common)
+    if name == "stratified":
+        if batch_size is None:
+            raise ValueError("the 'stratified' sampler needs batch_size (the global training batch)")
+        return StratifiedBatchSampler(labels, batch_size=batch_size, **common)
     if name == "power":
         if q is None:
             raise ValueError("the 'power' sampler needs q (a number in [0, 1])")
