@@ -209,6 +209,8 @@ class TorchvisionResNet(nn.Module):
         cifar_stem: replace the 7x7/2 stem conv with a 3x3/1 conv and drop the max-pool (32x32 inputs).
         in_channels: input channels (a new stem conv when != 3).
         weights_path: a ``torch.save``-d state dict (optionally under a ``"state_dict"`` key) to load.
+        bn_affine: ``False`` gives BatchNorm layers without scale and shift (Markou et al.'s ResNet-18,
+            ``nc/models/resnet.py``: ``affine = args.bias``, so ``--no-bias`` builds ``BatchNorm2d(affine=False)``).
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class TorchvisionResNet(nn.Module):
         cifar_stem: bool = False,
         in_channels: int = 3,
         weights_path: str | Path | None = None,
+        bn_affine: bool = True,
     ) -> None:
         super().__init__()
         if arch not in TORCHVISION_ARCHS:
@@ -232,6 +235,8 @@ class TorchvisionResNet(nn.Module):
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         if cifar_stem or in_channels != 3:
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if not bn_affine:
+            _drop_bn_affine(net)
         self.arch = arch
         self.net = net
         if weights_path is not None:
@@ -259,6 +264,19 @@ class TorchvisionResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def _drop_bn_affine(module: nn.Module) -> None:
+    """Replace every ``BatchNorm2d`` under ``module`` by one without affine parameters (same statistics)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(
+                module,
+                name,
+                nn.BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum, affine=False),
+            )
+        else:
+            _drop_bn_affine(child)
 
 
 class MLP(nn.Module):

@@ -231,3 +231,16 @@ def test_resnet50_yang_has_a_1024_plane_layer4_and_4096_features() -> None:
     assert sum(p.numel() for p in net.net.layer4.parameters()) == expected
     net.eval()
     assert net(torch.randn(1, 3, 64, 64)).shape == (1, 4096)
+
+
+def test_bn_affine_false_has_no_bn_parameters() -> None:
+    """Markou's ResNet-18: BatchNorm2d(affine=False); the conv weights are all that train in the trunk."""
+    net = TorchvisionResNet("resnet18", bn_affine=False)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 20 and all(not m.affine and m.weight is None for m in bns)
+    plain = TorchvisionResNet("resnet18")
+    n_bn = sum(2 * m.num_features for m in plain.modules() if isinstance(m, nn.BatchNorm2d))
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in plain.parameters()) - n_bn
+    assert net.net.conv1.kernel_size == (7, 7)  # the ImageNet stem (Markou's resnet18 on 32x32 inputs)
+    net.eval()
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 512)
