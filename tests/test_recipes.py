@@ -123,3 +123,20 @@ def test_readme_recipes_section_covers_every_config():
     for name in CONFIGS:
         dataset, method = name.split("/")
         assert f"`{name}`" in section or (f"`{dataset}`" in section and f"`{method}`" in section), name
+
+
+def test_every_datamodule_has_a_config():
+    import inspect
+
+    import lt_lightning.data as data
+
+    modules = {
+        f"lt_lightning.data.{name}"
+        for name, obj in vars(data).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, data.LongTailDataModule)
+        and obj is not data.LongTailDataModule
+        and not name.startswith("_")
+    }
+    used = {_load(n)["data"]["class_path"] for n in CONFIGS}
+    assert modules <= used, sorted(modules - used)

@@ -34,7 +34,12 @@ from lt_lightning.data.datasets import (
 from lt_lightning.data.profiles import PROFILES, long_tail_counts, shot_groups
 from lt_lightning.data.samplers import BATCH_SAMPLERS, SAMPLERS, DistributedEvalSampler, build_sampler
 from lt_lightning.data.splits import long_tail_split
-from lt_lightning.data.transforms import cifar_transforms, imagenet_transforms, small_image_transforms
+from lt_lightning.data.transforms import (
+    NORMALIZATION,
+    cifar_transforms,
+    imagenet_transforms,
+    small_image_transforms,
+)
 
 __all__ = [
     "CIFAR10LTDataModule",
@@ -306,7 +311,10 @@ class _InMemoryLTDataModule(LongTailDataModule):
     ``class_counts = long_tail_counts(K, max_count, imbalance_ratio, profile)``; with
     ``val_per_class > 0`` the validation set is ``val_per_class`` unused training images per class (a
     class whose count needs them gives them up, see ``long_tail_split``), otherwise validation uses the
-    test set, as the original papers do.
+    test set, as the original papers do. ``augment=False`` trains on the plain images and
+    ``normalization`` names another entry of :data:`~lt_lightning.data.transforms.NORMALIZATION` (e.g.
+    ``"half"``, Normalize(0.5, 0.5) for 3-channel sets: Yang's SVHN-LT and STL-10-LT, which also do not
+    augment).
     """
 
     dataset_num_classes: int = 10
@@ -323,9 +331,15 @@ class _InMemoryLTDataModule(LongTailDataModule):
         val_per_class: int = 0,
         download: bool = False,
         augment: bool = True,
+        normalization: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if normalization is not None and normalization not in NORMALIZATION:
+            raise ValueError(
+                f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATION)} (None: the dataset's own)"
+            )
+        self.normalization = normalization
         if not imbalance_ratio >= 1:
             raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio!r}")
         if profile not in PROFILES:
@@ -433,7 +447,9 @@ class MNISTLTDataModule(_InMemoryLTDataModule):
             MNIST(str(self.data_dir), train=train, download=True)
 
     def _transforms(self):
-        return small_image_transforms(self._norm, 28, crop_padding=2 if self.augment else 0)
+        return small_image_transforms(
+            self.normalization or self._norm, 28, crop_padding=2 if self.augment else 0
+        )
 
 
 class FashionMNISTLTDataModule(MNISTLTDataModule):
@@ -451,7 +467,7 @@ class FashionMNISTLTDataModule(MNISTLTDataModule):
 
     def _transforms(self):
         return small_image_transforms(
-            self._norm, 28, crop_padding=2 if self.augment else 0, flip=self.augment
+            self.normalization or self._norm, 28, crop_padding=2 if self.augment else 0, flip=self.augment
         )
 
 
@@ -473,7 +489,7 @@ class SVHNLTDataModule(_InMemoryLTDataModule):
 
     def _transforms(self):
         # digits: no horizontal flip
-        return small_image_transforms("svhn", 32, crop_padding=4 if self.augment else 0)
+        return small_image_transforms(self.normalization or "svhn", 32, crop_padding=4 if self.augment else 0)
 
 
 class STL10LTDataModule(_InMemoryLTDataModule):
@@ -493,7 +509,9 @@ class STL10LTDataModule(_InMemoryLTDataModule):
             STL10(str(self.data_dir), split=split, download=True)
 
     def _transforms(self):
-        return small_image_transforms("stl10", 96, crop_padding=12 if self.augment else 0, flip=self.augment)
+        return small_image_transforms(
+            self.normalization or "stl10", 96, crop_padding=12 if self.augment else 0, flip=self.augment
+        )
 
 
 class DigitsLTDataModule(LongTailDataModule):

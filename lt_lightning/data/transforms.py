@@ -15,6 +15,8 @@ NORMALIZATION = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    # Yang et al.'s SVHN-LT / STL-10-LT (datasets/svhn.py, stl10.py): Normalize(mean=0.5, std=0.5)
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 

@@ -54,3 +54,29 @@ def test_cli_links_explicit_groups_into_the_model_metrics(tmp_path):
     assert cli.model.hparams.shot_groups == expected
     assert cli.model.val_metrics.class_group.tolist() == expected
     assert cli.datamodule.shot_groups.tolist() == expected
+
+
+# ---- Yang's SVHN-LT / STL-10-LT input pipeline: no augmentation, Normalize(0.5, 0.5) (issue 8 item 10) ----
+
+
+@pytest.mark.parametrize("name", ["svhn", "stl10"])
+def test_yang_pipeline_no_augment_and_half_normalisation(tmp_path, name):
+    import numpy as np
+
+    from lt_lightning.data import STL10LTDataModule, SVHNLTDataModule
+    from tests.data import formats
+
+    cls, writer = (
+        (SVHNLTDataModule, formats.write_svhn) if name == "svhn" else (STL10LTDataModule, formats.write_stl10)
+    )
+    writer(tmp_path, 12, 2)
+    dm = cls(data_dir=str(tmp_path), imbalance_ratio=5, max_count=10, augment=False, normalization="half")
+    dm.setup("fit")
+    ds = dm.train_dataset
+    x0, _ = ds[0]
+    x1, _ = ds[0]
+    assert torch.equal(x0, x1)  # no random augmentation
+    raw = torch.as_tensor(np.asarray(ds.images[0]), dtype=torch.float32).permute(2, 0, 1) / 255.0
+    torch.testing.assert_close(x0, (raw - 0.5) / 0.5)  # transforms.Normalize(mean=[0.5]*3, std=[0.5]*3)
+    with pytest.raises(ValueError, match="normalization"):
+        cls(data_dir=str(tmp_path), normalization="bogus")
