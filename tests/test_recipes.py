@@ -132,7 +132,7 @@ def test_every_datamodule_has_a_config():
 
     modules = {
         f"lt_lightning.data.{name}"
-        for name, obj in vars(data).items()
+        for name, obj in list(vars(data).items())
         if inspect.isclass(obj)
         and issubclass(obj, data.LongTailDataModule)
         and obj is not data.LongTailDataModule

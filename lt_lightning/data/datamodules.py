@@ -472,11 +472,55 @@ class FashionMNISTLTDataModule(MNISTLTDataModule):
 
 
 class SVHNLTDataModule(_InMemoryLTDataModule):
-    """SVHN-LT (Yang et al. report it) from ``data_dir/{train,test}_32x32.mat``; n_max = 4,000."""
+    """SVHN-LT (Yang et al. report it) from ``data_dir/{train,test}_32x32.mat``; n_max = 4,000.
+
+    ``extra=True`` is Yang's protocol (``datasets/svhn.py``): the ``train`` and ``extra`` splits (also
+    ``extra_32x32.mat``) are each made long-tailed on their own, class c keeping
+    ``min(int(len(split) / 10 * r^(-c/9)), available)`` images (first of the seed's per-class shuffle), and
+    concatenated; ``imbalance_ratio=1`` keeps both splits whole. The class counts need the label files,
+    so they are read at construction; ``max_count``/``profile``/``val_per_class`` do not apply.
+    """
 
     dataset_num_classes = 10
     default_max_count = 4000
     train_pool = (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659)
+
+    def __init__(self, *args, extra: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra = extra
+        self._split_counts: dict[str, list[int]] = {}
+        if extra:
+            if self.val_per_class:
+                raise ValueError("SVHN extra=True (Yang's protocol) has no val_per_class split; set it to 0")
+            self._cache = {split: self._read(split) for split in ("train", "extra")}
+            for split, (_, labels) in self._cache.items():
+                self._split_counts[split] = self._yang_counts(labels)
+            self._set_class_counts(
+                [a + b for a, b in zip(self._split_counts["train"], self._split_counts["extra"])]
+            )
+
+    def _yang_counts(self, labels: np.ndarray) -> list[int]:
+        available = np.bincount(labels, minlength=10)
+        if self.imbalance_ratio == 1:
+            return available.tolist()
+        img_max = len(labels) / 10
+        wanted = [int(img_max * ((1.0 / self.imbalance_ratio) ** (c / 9.0))) for c in range(10)]
+        return [min(w, int(a)) for w, a in zip(wanted, available)]
+
+    def _build_datasets(self):
+        if not self.extra:
+            return super()._build_datasets()
+        train_tf, eval_tf = self._transforms()
+        parts = []
+        for split in ("train", "extra"):
+            images, labels = self._cache.pop(split, None) or self._read(split)
+            idx, _ = long_tail_split(labels, self._split_counts[split], seed=self.seed)
+            parts.append((images[idx], labels[idx]))
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        test = ArrayImageDataset(*self._read("test"), eval_tf)
+        train = ArrayImageDataset(images, labels, train_tf)
+        return train, ArrayImageDataset(images, labels, eval_tf), test, test
 
     def _read(self, split):
         return read_svhn(self.data_dir, split)
@@ -484,7 +528,7 @@ class SVHNLTDataModule(_InMemoryLTDataModule):
     def _download(self):
         from torchvision.datasets import SVHN
 
-        for split in ("train", "test"):
+        for split in ("train", "test", "extra") if self.extra else ("train", "test"):
             SVHN(str(self.data_dir), split=split, download=True)
 
     def _transforms(self):

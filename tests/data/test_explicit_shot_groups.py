@@ -80,3 +80,49 @@ def test_yang_pipeline_no_augment_and_half_normalisation(tmp_path, name):
     torch.testing.assert_close(x0, (raw - 0.5) / 0.5)  # transforms.Normalize(mean=[0.5]*3, std=[0.5]*3)
     with pytest.raises(ValueError, match="normalization"):
         cls(data_dir=str(tmp_path), normalization="bogus")
+
+
+def _write_svhn_split(root, split, counts, seed):
+    import numpy as np
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(10), counts))
+    images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+    stored = np.where(labels == 0, 10, labels).reshape(-1, 1)  # SVHN stores digit 0 as 10
+    scipy.io.savemat(str(root / f"{split}_32x32.mat"), {"X": images.transpose(1, 2, 3, 0), "y": stored})
+    return images, labels
+
+
+def test_svhn_extra_is_yangs_train_plus_extra_each_long_tailed(tmp_path):
+    import numpy as np
+
+    from lt_lightning.data import SVHNLTDataModule
+
+    train = _write_svhn_split(tmp_path, "train", [30, 50, 40, 20, 25, 22, 18, 15, 12, 10], 1)
+    extra = _write_svhn_split(tmp_path, "extra", [90, 60, 80, 70, 50, 40, 44, 30, 36, 20], 2)
+    _write_svhn_split(tmp_path, "test", [3] * 10, 3)
+    dm = SVHNLTDataModule(data_dir=str(tmp_path), imbalance_ratio=10, extra=True, augment=False, seed=0)
+
+    # Yang's datasets/svhn.py, per split: np.random.seed(0); for each class in order, shuffle its indices and keep
+    # the first int(len(split)/10 * 0.1**(c/9)) (fewer when the class has fewer)
+    def yang(images, labels):
+        np.random.seed(0)
+        img_max = len(labels) / 10
+        keep = []
+        for c in range(10):
+            idx = np.where(labels == c)[0]
+            np.random.shuffle(idx)
+            keep.append(idx[: int(img_max * (0.1 ** (c / 9.0)))])
+        keep = np.concatenate(keep)
+        return images[keep], labels[keep]
+
+    ref = [yang(*train), yang(*extra)]
+    ref_images = np.concatenate([r[0] for r in ref])
+    ref_labels = np.concatenate([r[1] for r in ref])
+    assert dm.class_counts == np.bincount(ref_labels, minlength=10).tolist()
+    dm.setup("fit")
+    assert np.array_equal(np.asarray(dm.train_dataset.images), ref_images)
+    assert np.array_equal(np.asarray(dm.train_dataset.targets), ref_labels)
+    with pytest.raises(ValueError, match="val_per_class"):
+        SVHNLTDataModule(data_dir=str(tmp_path), extra=True, val_per_class=2)
