@@ -23,10 +23,11 @@ from lt_lightning.metrics import ShotAccuracy
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
 from lt_lightning.nn.backbones import build_backbone
 from lt_lightning.nn.heads import FeatureNeck, LinearHead
+from lt_lightning.optim import AGD, agd_orthogonal_init_, check_agd_parameters
 
 __all__ = ["CLASS_PATH_KEY", "LongTailModule", "load_module_from_checkpoint"]
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "agd")
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
 CLASS_PATH_KEY = "lt_lightning_class_path"
 
@@ -49,8 +50,13 @@ class LongTailModule(L.LightningModule):
             A backbone built by name must then load pretrained weights (``backbone_kwargs.weights_path``).
         neck: feature normalisation before the head: ``"none"``, ``"bn"``, ``"l2"``, ``"bn_l2"``.
         feature_scale: constant factor after the neck (e.g. Markou's feature temperature).
-        optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
-        lr, momentum, nesterov, weight_decay: optimiser settings.
+        optimizer: ``"sgd"`` (momentum, optional Nesterov), ``"adamw"`` or ``"agd"`` (automatic gradient
+            descent, :class:`lt_lightning.optim.AGD`, as Markou et al. train: no learning rate, so
+            ``lr_schedule: constant`` without warm-up; only 2-d/4-d weights may train, e.g.
+            ``backbone_kwargs.bn_affine: false``; the trainable weights get AGD's orthogonal init at the
+            start of the first ``fit``, unless the module was loaded from a checkpoint).
+        lr, momentum, nesterov, weight_decay: optimiser settings (unused by ``"agd"``).
+        gain: AGD's gain (multiplies every update; Markou et al.: 10).
         lr_schedule: ``"constant"``, ``"cosine"`` or ``"multistep"``.
         lr_interval: ``"step"`` (the factor follows the fractional epoch, smooth) or ``"epoch"`` (held
             constant within an epoch, as the authors' code does; e.g. Yang's warm-up lr·(e+1)/5 is
@@ -84,6 +90,7 @@ class LongTailModule(L.LightningModule):
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
+        gain: float = 1.0,
         lr_schedule: str = "cosine",
         lr_interval: str = "step",
         lr_epoch_offset: int = 0,
@@ -104,6 +111,13 @@ class LongTailModule(L.LightningModule):
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if optimizer == "agd" and (lr_schedule != "constant" or warmup_epochs > 0):
+            raise ValueError(
+                f"optimizer='agd' chooses its own step size: set lr_schedule='constant' and warmup_epochs=0, "
+                f"got lr_schedule={lr_schedule!r}, warmup_epochs={warmup_epochs}"
+            )
+        if not gain > 0:
+            raise ValueError(f"gain must be > 0, got {gain}")
         if len(milestones) != len(milestone_factors):
             raise ValueError(
                 f"milestones {list(milestones)} and milestone_factors {list(milestone_factors)} differ in length"
@@ -157,6 +171,7 @@ class LongTailModule(L.LightningModule):
         self.val_metrics = metric()
         self.test_metrics = metric()
         self._mixup_gen: torch.Generator | None = None
+        self._agd_initialized = False  # host flag: AGD's init runs once, never over loaded weights
 
     def shot_kwargs(self) -> dict[str, Any]:
         """Shot-group arguments of :class:`ShotAccuracy`: explicit groups if given, else counts + thresholds."""
@@ -225,6 +240,13 @@ class LongTailModule(L.LightningModule):
             self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.hparams.get("optimizer") == "agd":
+            # AGD's step size log(eta) of this step (Markou logs it): a device tensor, no host read here
+            log_step = getattr(self.trainer.optimizers[0], "last_log_step", None)
+            if log_step is not None:
+                self.log("train/agd_log_step", log_step, on_step=True, on_epoch=True, batch_size=1)
+
     # ---- evaluation ---------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: ShotAccuracy, prefix: str) -> Tensor:
         x, y = batch
@@ -256,8 +278,23 @@ class LongTailModule(L.LightningModule):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        trainable = {id(p) for p in self.trainable_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) in trainable]
+
+    def setup(self, stage: str) -> None:
+        # AGD's orthogonal init (Markou's train.py: optimiser.init_weights() before any checkpoint is
+        # loaded). Lightning calls setup before restoring a fit's ckpt_path, so resumed weights win.
+        if stage == "fit" and self.hparams.get("optimizer") == "agd" and not self._agd_initialized:
+            named = self.named_trainable_parameters()
+            check_agd_parameters(named)
+            agd_orthogonal_init_(p for _, p in named)
+            self._agd_initialized = True
+
     def configure_optimizers(self):
         hp = self.hparams
+        if hp.optimizer == "agd":
+            return AGD(self.named_trainable_parameters(), gain=hp.gain)
         params = self.trainable_parameters()
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(
@@ -292,6 +329,9 @@ class LongTailModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._agd_initialized = True  # trained weights: a later fit must not re-initialise them
 
 
 def _step_lr_factor(step: int, *, steps_per_epoch: float, epoch_offset: int = 0, **kwargs) -> float:

@@ -130,6 +130,7 @@ class ImplicitETFModule(LongTailModule):
         self._initialized = bool(self.head.initialized)  # one read at the start (resumed runs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         if "head.initialized" in state:
             self._initialized = bool(state["head.initialized"])
