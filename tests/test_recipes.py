@@ -140,3 +140,25 @@ def test_every_datamodule_has_a_config():
     }
     used = {_load(n)["data"]["class_path"] for n in CONFIGS}
     assert modules <= used, sorted(modules - used)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in sorted(CONFIGS) if _get(_load(n), "model.init_args.optimizer") == "agd"]
+)
+def test_agd_configs_train_only_conv_and_linear_weights(name):
+    # Markou's --declarative_ETF --no-bias ResNet-18 gives AGD its 20 conv weights and nothing else
+    # (nc/models/model_structure.py make_optimiser: trainable parameters, no classifier; BN affine=False)
+    import importlib
+
+    from lt_lightning.optim import AGD
+
+    cfg = _load(name)
+    module_name, _, cls_name = cfg["model"]["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    model = cls(num_classes=10, **cfg["model"]["init_args"])
+    named = model.named_trainable_parameters()
+    assert all(p.dim() == 4 for _, p in named), [(n, tuple(p.shape)) for n, p in named if p.dim() != 4]
+    assert all(n.startswith("backbone.") for n, _ in named)
+    assert not [n for n, _ in model.head.named_parameters()]  # the implicit ETF head: buffers only
+    assert len(named) == 20  # ResNet-18: stem + 16 block convs + 3 downsample 1x1 convs
+    assert AGD(named, gain=cfg["model"]["init_args"]["gain"]).depth == 20
