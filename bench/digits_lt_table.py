@@ -62,7 +62,25 @@ def run_seed(seed: int, methods: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
-def main() -> None:
+def table_rows(per_seed: dict[int, dict[str, dict[str, float]]], seeds: list[int]) -> list[dict]:
+    """One row per method with results for at least one of ``seeds``: (mean, std) of every key over the
+    seeds that have it, and those seeds under ``"seeds"``. A method never run (e.g. ``--methods X`` with
+    no saved table) gets no row."""
+    rows = []
+    for method in FIT + TEST_ONLY:
+        have = [s for s in seeds if method in per_seed.get(s, {})]
+        if not have:
+            continue
+        row: dict = {"method": method, "seeds": have}
+        for key in [*KEYS, "nc1"]:
+            vals = [per_seed[s][method][key] for s in have if key in per_seed[s][method]]
+            if vals:
+                row[key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -72,21 +90,14 @@ def main() -> None:
         choices=FIT + TEST_ONLY,
         help="re-run only these (stage 2 reuses the joint checkpoints already there); others are kept",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     saved = RESULTS / "digits_lt_table.json"
     per_seed = {}
     if saved.is_file() and set(args.methods) != set(FIT + TEST_ONLY):
         per_seed = {int(k): v for k, v in json.loads(saved.read_text())["per_seed"].items()}
     for s in args.seeds:
         per_seed.setdefault(s, {}).update(run_seed(s, args.methods))
-    rows = []
-    for method in FIT + TEST_ONLY:
-        row = {"method": method}
-        for key in [*KEYS, "nc1"]:
-            vals = [per_seed[s][method][key] for s in args.seeds if key in per_seed[s][method]]
-            if vals:
-                row[key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        rows.append(row)
+    rows = table_rows(per_seed, args.seeds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "digits_lt_table.json").write_text(
         json.dumps({"seeds": args.seeds, "per_seed": per_seed, "rows": rows}, indent=2)
@@ -101,7 +112,8 @@ def main() -> None:
                 cells.append(f"{row[key][0]:.3f} ± {row[key][1]:.3f}")
             else:
                 cells.append(f"{100 * row[key][0]:.1f} ± {100 * row[key][1]:.1f}")
-        print(f"| {row['method']} | " + " | ".join(cells) + " |")
+        partial = "" if len(row["seeds"]) == len(args.seeds) else f" (seeds {row['seeds']})"
+        print(f"| {row['method']}{partial} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
