@@ -163,19 +163,21 @@ def mixup_cross_entropy(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, **
 # long-tail losses (class_counts: training counts per class, [K], class-major)
 # --------------------------------------------------------------------------------------------------
 def _counts_tensor(class_counts: Tensor | Sequence[int], like: Tensor, name: str = "class_counts") -> Tensor:
-    """``class_counts`` as a ``[K]`` tensor of ``like``'s float dtype and device; all counts must be > 0.
+    """``class_counts`` as a ``[K]`` float tensor on ``like``'s device; all counts must be > 0.
 
-    A tensor is checked by shape only (checking its values would sync with the device); a sequence is
-    checked on the host.
+    The dtype is ``like``'s, but at least float32: half precision cannot hold a total count above 65504
+    (ImageNet-LT has 115,846 images), and under autocast the losses run in float32 anyway. A tensor is
+    checked by shape only (checking its values would sync with the device); a sequence on the host.
     """
     k = like.shape[-1]
+    dtype = torch.promote_types(like.dtype, torch.float32)
     if isinstance(class_counts, Tensor):
-        counts = class_counts.to(device=like.device, dtype=like.dtype)
+        counts = class_counts.to(device=like.device, dtype=dtype)
     else:
         values = list(class_counts)
         if any(not v > 0 for v in values):
             raise ValueError(f"{name} must all be > 0, got {values}")
-        counts = torch.tensor(values, dtype=like.dtype, device=like.device)
+        counts = torch.tensor(values, dtype=dtype, device=like.device)
     if counts.shape != (k,):
         raise ValueError(f"{name} must have shape [{k}] (one count per class), got {tuple(counts.shape)}")
     return counts
@@ -191,7 +193,7 @@ def _check_logits_targets(logits: Tensor, targets: Tensor) -> None:
 
 
 def log_prior(class_counts: Tensor | Sequence[int], like: Tensor) -> Tensor:
-    """``[K]`` log class prior ``log(n_c / sum n)`` in ``like``'s dtype and device."""
+    """``[K]`` log class prior ``log(n_c / sum n)`` on ``like``'s device (``like``'s dtype, at least float32)."""
     counts = _counts_tensor(class_counts, like)
     return counts.log() - counts.sum().log()
 
@@ -228,6 +230,7 @@ def logit_adjusted_cross_entropy(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     adjusted = logits + tau * log_prior(class_counts, logits)
+    weight = None if weight is None else weight.to(adjusted.dtype)
     return F.cross_entropy(adjusted, targets, weight=weight, reduction=reduction)
 
 
@@ -272,6 +275,7 @@ def ldam_loss(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     margins = ldam_margins(class_counts, max_margin, like=logits)
     shifted = logits - F.one_hot(targets, logits.shape[1]).to(logits.dtype) * margins[targets].unsqueeze(1)
+    weight = None if weight is None else weight.to(shifted.dtype)
     return F.cross_entropy(scale * shifted, targets, weight=weight, reduction=reduction)
 
 

@@ -195,3 +195,15 @@ def test_bad_counts_and_shapes():
         logit_adjusted_cross_entropy(logits, targets.double(), COUNTS)
     with pytest.raises(ValueError, match="beta"):
         class_balanced_weights(COUNTS, 1.0)
+
+
+def test_half_precision_logits_with_large_counts_stay_finite():
+    """fp16 cannot hold a total count above 65504 (ImageNet-LT: 115,846): the prior is built in float32."""
+    counts = [1280, 50000, 40000, 20000, 4566]
+    logits, targets = _problem()
+    ref = logit_adjusted_cross_entropy(logits, targets, counts)
+    got = logit_adjusted_cross_entropy(logits.half(), targets, counts)
+    assert torch.isfinite(got) and got.item() == pytest.approx(ref.item(), rel=2e-3)
+    w = class_balanced_weights(counts, like=logits.half())
+    assert torch.isfinite(ldam_loss(logits.half().tanh(), targets, torch.tensor(counts), weight=w))
+    assert torch.isfinite(logit_adjusted_cross_entropy(logits.half(), targets, counts, weight=w))
