@@ -274,7 +274,9 @@ def ldam_loss(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     margins = ldam_margins(class_counts, max_margin, like=logits)
-    shifted = logits - F.one_hot(targets, logits.shape[1]).to(logits.dtype) * margins[targets].unsqueeze(1)
+    # a comparison, not F.one_hot: nothing here may read the labels back to the host
+    is_target = torch.arange(logits.shape[1], device=logits.device)[None, :] == targets[:, None]
+    shifted = logits - is_target.to(logits.dtype) * margins[targets].unsqueeze(1)
     weight = None if weight is None else weight.to(shifted.dtype)
     return F.cross_entropy(scale * shifted, targets, weight=weight, reduction=reduction)
 

@@ -207,3 +207,22 @@ def test_half_precision_logits_with_large_counts_stay_finite():
     w = class_balanced_weights(counts, like=logits.half())
     assert torch.isfinite(ldam_loss(logits.half().tanh(), targets, torch.tensor(counts), weight=w))
     assert torch.isfinite(logit_adjusted_cross_entropy(logits.half(), targets, counts, weight=w))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_long_tail_losses_have_no_host_sync_on_cuda():
+    dev = torch.device("cuda")
+    logits = torch.randn(32, len(COUNTS), device=dev, requires_grad=True)
+    y = torch.randint(0, len(COUNTS), (32,), device=dev)
+    counts = torch.tensor(COUNTS, device=dev)
+    weight = class_balanced_weights(counts, like=logits)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = logit_adjusted_cross_entropy(logits, y, counts, weight=weight)
+        loss = loss + ldam_loss(logits.tanh(), y, counts, weight=weight)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert logits.grad is not None
