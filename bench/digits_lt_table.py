@@ -1,7 +1,7 @@
 """The digits-LT results table: every method, top-1 and many/medium/few accuracy on the balanced
 test set, mean ± std over seeds, each run through the ``lt-lightning`` CLI with the shipped configs.
 
-    python bench/digits_lt_table.py [--seeds 0 1 2]
+    python bench/digits_lt_table.py [--seeds 0 1 2] [--methods ldam_drw ...]
 
 For seed S every run gets ``--seed_everything S --data.init_args.seed S`` (so the long-tailed split
 changes with the seed too) and runs in bench/results/digits_lt/seed{S}/ (stage-2 configs find their
@@ -23,8 +23,13 @@ from lt_lightning.cli import build_cli
 CONFIGS = Path(__file__).parents[1] / "configs" / "digits_lt"
 RESULTS = Path(__file__).with_name("results")
 FIT = ["joint", "fixed_etf", "fixed_etf_ce", "tde", "implicit_etf", "crt", "lws"]
+#: the long-tail losses on JointModule (issue 12); their rows also report minority collapse
+LT_LOSSES = ["logit_adjust", "logit_adjust_posthoc", "balanced_softmax", "ldam_drw"]
+FIT += LT_LOSSES
 TEST_ONLY = ["tau_norm", "ncm"]
 KEYS = ["acc", "many_acc", "medium_acc", "few_acc"]
+#: train-set minority-collapse measurements at the last epoch (see lt_lightning.metrics.minority_collapse)
+MC_KEYS = ["mc_wcos/few", "mc_wnorm_ratio"]
 
 
 def run_seed(seed: int, methods: list[str]) -> dict[str, dict[str, float]]:
@@ -48,14 +53,17 @@ def run_seed(seed: int, methods: list[str]) -> dict[str, dict[str, float]]:
             if method in FIT:
                 cli = build_cli(["fit", *args])
                 nc1 = cli.trainer.callback_metrics.get("nc/train/nc1")  # test() resets callback_metrics
+                mc = {k: cli.trainer.callback_metrics.get(f"nc/train/{k}") for k in MC_KEYS}
                 metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
             else:
                 cli = build_cli(["test", *args])
                 metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
                 nc1 = None
+                mc = {}
             out[method] = {k: float(metrics[f"test/{k}"]) for k in KEYS}
             if nc1 is not None:
                 out[method]["nc1"] = float(nc1)
+            out[method].update({k: float(v) for k, v in mc.items() if v is not None})
             print(seed, method, out[method], flush=True)
     finally:
         os.chdir(here)
@@ -72,7 +80,7 @@ def table_rows(per_seed: dict[int, dict[str, dict[str, float]]], seeds: list[int
         if not have:
             continue
         row: dict = {"method": method, "seeds": have}
-        for key in [*KEYS, "nc1"]:
+        for key in [*KEYS, "nc1", *MC_KEYS]:
             vals = [per_seed[s][method][key] for s in have if key in per_seed[s][method]]
             if vals:
                 row[key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
@@ -102,13 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     (RESULTS / "digits_lt_table.json").write_text(
         json.dumps({"seeds": args.seeds, "per_seed": per_seed, "rows": rows}, indent=2)
     )
-    print("\n| method | top-1 | many | medium | few | NC1 (train) |\n|---|---|---|---|---|---|")
+    print(
+        "\n| method | top-1 | many | medium | few | NC1 (train) | few-shot cos(w) | few/many ‖w‖ |"
+        "\n|---|---|---|---|---|---|---|---|"
+    )
     for row in rows:
         cells = []
-        for key in [*KEYS, "nc1"]:
+        for key in [*KEYS, "nc1", *MC_KEYS]:
             if key not in row:
                 cells.append("–")
-            elif key == "nc1":
+            elif key in ("nc1", *MC_KEYS):
                 cells.append(f"{row[key][0]:.3f} ± {row[key][1]:.3f}")
             else:
                 cells.append(f"{100 * row[key][0]:.1f} ± {100 * row[key][1]:.1f}")

@@ -106,9 +106,11 @@ class NeuralCollapseCallback(Callback):
     Logged with ``pl_module.log`` (values are already reduced over ranks, hence ``sync_dist=False``):
     ``nc/{split}/{key}`` for every neural-collapse key (``nc1``, ``nc2``, ``nc2_h``, ``nc3``, ``nc4``,
     ``bias_collapse``, ``equinorm_w``, ``equinorm_h``, ``cdnv``) and its ``/many``, ``/medium``, ``/few``
-    variants, plus ``nc/{split}/acc``, ``balanced_acc``, ``many_acc``, ``medium_acc``, ``few_acc``.
+    variants, the minority-collapse keys ``mc_*`` (``MINORITY_COLLAPSE_KEYS``), plus ``nc/{split}/acc``,
+    ``balanced_acc``, ``many_acc``, ``medium_acc``, ``few_acc``.
     Figures (global rank zero only): class-mean Gram vs the simplex ETF, classifier-vs-mean cosines,
-    norms vs class size and per-class accuracy vs class size — sent to a ``WandbLogger`` with
+    norms vs class size, minority collapse (cosines and norms by shot group) and per-class accuracy vs
+    class size — sent to a ``WandbLogger`` with
     ``log_image``, otherwise saved as PNG under ``{trainer.log_dir}/nc_figures`` (skipped without a
     logger).
 
@@ -287,6 +289,9 @@ class NeuralCollapseCallback(Callback):
             )
             figures[f"nc/{split}/norms_vs_class_size"] = plots.norms_vs_class_size_figure(
                 w.norm(dim=1), centred.norm(dim=1), class_counts[present], title
+            )
+            figures[f"nc/{split}/minority_collapse"] = plots.minority_collapse_figure(
+                w, centred, groups.cpu()[present], title
             )
             figures[f"nc/{split}/accuracy_vs_class_size"] = plots.accuracy_vs_class_size_figure(
                 per_class_acc.cpu(), class_counts, title

@@ -19,6 +19,7 @@ __all__ = [
     "classifier_mean_cosine_figure",
     "figure_to_array",
     "gram_vs_etf_figure",
+    "minority_collapse_figure",
     "norms_vs_class_size_figure",
 ]
 
@@ -116,6 +117,65 @@ def accuracy_vs_class_size_figure(
     ax.set_xlabel("training samples in class")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title} per-class accuracy vs class size".strip())
+    return fig
+
+
+_GROUP_COLOURS = ("tab:blue", "tab:orange", "tab:red")
+_GROUP_LABELS = ("many", "medium", "few")
+
+
+def minority_collapse_figure(
+    weight: Tensor | np.ndarray,
+    centred_means: Tensor | np.ndarray,
+    shot_groups: Sequence[int] | Tensor | np.ndarray,
+    title: str = "",
+) -> Figure:
+    """Minority collapse at a glance (Fang et al. PNAS 2021): cosines of the classifier rows and of the
+    centred class means, classes ordered many → medium → few with the group borders drawn, and the row
+    norms relative to their mean, coloured by shot group.
+
+    Collapsed few-shot classifiers show as a bright (cosine near 1) block in the bottom-right corner of
+    the first panel and small norms in the last one.
+
+    Args:
+        weight: classifier ``[K, d]``; centred_means: ``μ_c − μ_G`` ``[K, d]``.
+        shot_groups: ``[K]`` ids 0 (many), 1 (medium), 2 (few).
+    """
+    groups = _np(shot_groups).astype(int)
+    order = np.argsort(groups, kind="stable")
+    w, h, g = _np(weight)[order], _np(centred_means)[order], groups[order]
+    borders = np.flatnonzero(np.diff(g)) + 0.5
+    fig = Figure(figsize=(13, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, rows, name in ((axes[0], w, "classifier rows w_c"), (axes[1], h, "centred means μ_c − μ_G")):
+        im = ax.imshow(_cosine(rows, rows), vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+        for b in borders:
+            ax.axhline(b, color="k", lw=0.8)
+            ax.axvline(b, color="k", lw=0.8)
+        ax.set_title(f"cosine: {name}")
+        ax.set_xlabel("class (many → few)")
+        ax.set_ylabel("class (many → few)")
+    fig.colorbar(im, ax=axes[:2], shrink=0.8)
+    ax = axes[2]
+    idx = np.arange(len(g))
+    for values, marker, name in ((w, "o", "‖w_c‖"), (h, "x", "‖μ_c − μ_G‖")):
+        norms = np.linalg.norm(values, axis=1)
+        rel = norms / max(norms.mean(), 1e-300)
+        for gid in np.unique(g):
+            sel = g == gid
+            ax.scatter(
+                idx[sel],
+                rel[sel],
+                marker=marker,
+                s=16,
+                color=_GROUP_COLOURS[gid % 3],
+                label=f"{name} {_GROUP_LABELS[gid % 3]}",
+            )
+    ax.axhline(1.0, color="grey", lw=0.6)
+    ax.set_xlabel("class (many → few)")
+    ax.set_ylabel("norm / mean norm")
+    ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{title} minority collapse".strip())
     return fig
 
 

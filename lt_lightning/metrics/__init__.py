@@ -6,5 +6,6 @@ from lt_lightning.metrics.shot_accuracy import ShotAccuracy
 
 # Importing the submodule ``neural_collapse`` binds that name on the package; rebind it to the function.
 neural_collapse = functional.neural_collapse
+minority_collapse = functional.minority_collapse
 
-__all__ = ["NeuralCollapse", "ShotAccuracy", "functional", "neural_collapse"]
+__all__ = ["NeuralCollapse", "ShotAccuracy", "functional", "minority_collapse", "neural_collapse"]

@@ -1,14 +1,175 @@
-"""Joint training: a learnable linear classifier with cross-entropy (Kang et al.'s stage 1)."""
+"""Joint training: a learnable linear classifier with a choice of long-tail loss (Kang et al.'s stage 1;
+logit adjustment, balanced softmax, LDAM-DRW, class-balanced re-weighting)."""
 
 from __future__ import annotations
 
-from lt_lightning.models.base import LongTailModule
+from typing import Any
 
-__all__ = ["JointModule"]
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lt_lightning.losses import (
+    class_balanced_weights,
+    ldam_loss,
+    log_prior,
+    logit_adjusted_cross_entropy,
+)
+from lt_lightning.models.base import LongTailModule
+from lt_lightning.nn.heads import LinearHead, NormedLinearHead
+
+__all__ = ["LOSSES", "REWEIGHTS", "JointModule"]
+
+#: training losses of :class:`JointModule`
+LOSSES = ("ce", "logit_adjusted", "balanced_softmax", "ldam")
+#: per-class loss weights: none, class-balanced throughout (Cui), or deferred re-weighting (Cao's DRW)
+REWEIGHTS = ("none", "cb", "drw")
+#: checkpoint key recording whether DRW's weights were on when it was written
+DRW_ACTIVE_KEY = "lt_lightning_drw_active"
 
 
 class JointModule(LongTailModule):
-    """Backbone + learnable linear classifier + cross-entropy: the long-tailed baseline.
+    """Backbone + learnable linear classifier + a loss: the long-tailed baselines.
 
-    All arguments are those of :class:`~lt_lightning.models.base.LongTailModule`.
+    Losses (``loss``), all from the training ``class_counts``:
+
+    - ``"ce"``: cross-entropy.
+    - ``"logit_adjusted"``: CE of ``logits + la_tau * log prior`` (Menon et al. ICLR 2021).
+    - ``"balanced_softmax"``: the same with τ = 1 (Ren et al. NeurIPS 2020).
+    - ``"ldam"``: LDAM (Cao et al. NeurIPS 2019) with margins ``∝ n^(-1/4)`` up to ``ldam_max_margin``
+      and scale ``ldam_scale``, on the cosine classifier of kaidic/LDAM-DRW (``normed_classifier``).
+
+    Re-weighting (``reweight``, kaidic/LDAM-DRW's ``train_rule``): ``"cb"`` weights the loss by
+    Cui et al.'s class-balanced weights ``(1 − β)/(1 − β^n_c)`` (sum K) from the start; ``"drw"`` does so
+    from epoch ``drw_epoch`` on (deferred re-weighting; 0-based, their ``epoch // 160``). The switch is a
+    function of ``current_epoch``, which Lightning restores on resume, so a resumed run switches at the
+    same step; the checkpoint also records whether the weights are on at the epoch it resumes at
+    (``"lt_lightning_drw_active"``).
+
+    Post-hoc logit adjustment (Menon et al., eq. 8): with ``posthoc_tau > 0`` evaluation and prediction
+    logits are ``logits − posthoc_tau · log prior`` (training is unchanged); ``classifier_weight_bias``
+    reports the bias with the same shift, so the NC metrics see the classifier that predicts.
+
+    Args:
+        loss: one of ``LOSSES``.
+        la_tau: τ of ``"logit_adjusted"`` (>= 0).
+        ldam_max_margin, ldam_scale: LDAM's largest margin and scale (theirs: 0.5, 30).
+        normed_classifier: cosine classifier (:class:`~lt_lightning.nn.heads.NormedLinearHead`) instead
+            of ``nn.Linear``; default: on for ``"ldam"`` only, as in kaidic/LDAM-DRW.
+        reweight: one of ``REWEIGHTS``.
+        cb_beta: β of the class-balanced weights (theirs: 0.9999).
+        drw_epoch: first epoch with weights under ``"drw"`` (theirs: 160 of 200).
+        posthoc_tau: post-hoc logit-adjustment strength at evaluation (0 = off).
+        **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments (``class_counts`` is
+            required by every option above except plain ``"ce"``).
     """
+
+    def __init__(
+        self,
+        loss: str = "ce",
+        la_tau: float = 1.0,
+        ldam_max_margin: float = 0.5,
+        ldam_scale: float = 30.0,
+        normed_classifier: bool | None = None,
+        reweight: str = "none",
+        cb_beta: float = 0.9999,
+        drw_epoch: int = 160,
+        posthoc_tau: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+        if reweight not in REWEIGHTS:
+            raise ValueError(f"unknown reweight {reweight!r}; valid: {', '.join(REWEIGHTS)}")
+        if not la_tau >= 0 or not posthoc_tau >= 0:
+            raise ValueError(f"la_tau and posthoc_tau must be >= 0, got {la_tau} and {posthoc_tau}")
+        if not ldam_max_margin >= 0 or not ldam_scale > 0:
+            raise ValueError(
+                f"ldam_max_margin must be >= 0 and ldam_scale > 0, got {ldam_max_margin} and {ldam_scale}"
+            )
+        if not 0.0 <= cb_beta < 1.0:
+            raise ValueError(f"cb_beta must be in [0, 1), got {cb_beta}")
+        if isinstance(drw_epoch, bool) or not isinstance(drw_epoch, int) or drw_epoch < 0:
+            raise ValueError(f"drw_epoch must be an int >= 0, got {drw_epoch!r}")
+        self._normed = loss == "ldam" if normed_classifier is None else bool(normed_classifier)
+        super().__init__(**kwargs)
+        needs_counts = loss != "ce" or reweight != "none" or posthoc_tau > 0
+        counts = self.class_counts
+        if needs_counts and counts is None:
+            raise ValueError(
+                f"loss={loss!r}, reweight={reweight!r}, posthoc_tau={posthoc_tau} need the training "
+                "class_counts (linked from the datamodule by the CLI)"
+            )
+        if needs_counts and any(not c > 0 for c in counts):
+            raise ValueError(f"class_counts must all be > 0 for loss={loss!r}, got {list(counts)}")
+        # Derived from hparams, so not saved: on the module's device without a transfer per step.
+        f32 = torch.float32
+        ref = torch.empty(self.num_classes, dtype=torch.float64)
+        self.register_buffer(
+            "train_counts",
+            None if counts is None else torch.tensor(list(counts), dtype=f32),
+            persistent=False,
+        )
+        self.register_buffer(
+            "log_prior", None if counts is None else log_prior(counts, ref).to(f32), persistent=False
+        )
+        self.register_buffer(
+            "cb_weights",
+            class_balanced_weights(counts, cb_beta) if needs_counts and reweight != "none" else None,
+            persistent=False,
+        )
+
+    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+        if self._normed:
+            return NormedLinearHead(in_features, num_classes)
+        return LinearHead(in_features, num_classes)
+
+    # ---- loss ---------------------------------------------------------------------------------------
+    def loss_weight(self) -> Tensor | None:
+        """The per-class loss weights now (``[K]`` or None): CB always, DRW from ``drw_epoch`` on."""
+        hp = self.hparams
+        if hp.reweight == "cb" or (hp.reweight == "drw" and self.current_epoch >= hp.drw_epoch):
+            return self.cb_weights
+        return None
+
+    def compute_loss(self, logits: Tensor, features: Tensor, targets: Tensor, count_labels: Tensor) -> Tensor:
+        hp = self.hparams
+        weight = self.loss_weight()
+        if weight is not None:
+            weight = weight.to(logits.dtype)
+        if hp.loss == "ce":
+            return F.cross_entropy(logits, targets, weight=weight)
+        if hp.loss == "ldam":
+            return ldam_loss(
+                logits,
+                targets,
+                self.train_counts,
+                max_margin=hp.ldam_max_margin,
+                scale=hp.ldam_scale,
+                weight=weight,
+            )
+        tau = 1.0 if hp.loss == "balanced_softmax" else hp.la_tau
+        return logit_adjusted_cross_entropy(logits, targets, self.train_counts, tau=tau, weight=weight)
+
+    # ---- post-hoc adjustment ------------------------------------------------------------------------
+    def forward_head(self, features: Tensor) -> Tensor:
+        logits = self.head(features)
+        tau = self.hparams.posthoc_tau
+        if tau > 0 and not self.training:
+            logits = logits - tau * self.log_prior.to(logits.dtype)
+        return logits
+
+    def classifier_weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        weight, bias = self.head.weight, self.head.bias
+        tau = self.hparams.posthoc_tau
+        if tau > 0:
+            shift = -tau * self.log_prior.to(weight.dtype)
+            bias = shift if bias is None else bias + shift
+        return weight, bias
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[DRW_ACTIVE_KEY] = (
+            self.hparams.reweight == "drw" and self.current_epoch >= self.hparams.drw_epoch
+        )

@@ -19,6 +19,7 @@ from lt_lightning.nn.heads import (
     LinearHead,
     LWSHead,
     NCMHead,
+    NormedLinearHead,
     TauNormHead,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "LWSHead",
     "LinearHead",
     "NCMHead",
+    "NormedLinearHead",
     "TDEResNet32",
     "TauNormHead",
     "TorchvisionResNet",

@@ -27,6 +27,7 @@ __all__ = [
     "LWSHead",
     "LinearHead",
     "NCMHead",
+    "NormedLinearHead",
     "TauNormHead",
 ]
 
@@ -426,3 +427,40 @@ class NCMHead(nn.Module):
             normalize=self.normalize,
             metric=self.metric,
         )
+
+
+class NormedLinearHead(nn.Module):
+    """Cosine classifier of LDAM-DRW (Cao et al. NeurIPS 2019; kaidic/LDAM-DRW ``NormedLinear``).
+
+    Logits ``cos(h, w_c) = (h / ||h||) . (w_c / ||w_c||)``, no bias; LDAM scales them by ``s``. The
+    learnt ``raw_weight`` ``[K, d]`` starts with unit rows drawn uniformly from ``[-1, 1]`` and rescaled
+    (the authors' ``uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`` on their ``[d, K]`` layout).
+    ``weight`` is the effective classifier, the unit rows, acting on L2-normalised features.
+
+    Args:
+        in_features: d.
+        num_classes: K.
+    """
+
+    bias = None
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        d, k = _check_dims(in_features, num_classes)
+        self.in_features = d
+        self.num_classes = k
+        self.raw_weight = nn.Parameter(torch.empty(k, d))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.raw_weight.uniform_(-1.0, 1.0)
+        self.raw_weight.div_(self.raw_weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @property
+    def weight(self) -> Tensor:
+        return F.normalize(self.raw_weight, dim=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        _check_input(features, self.in_features)
+        return F.normalize(features, dim=1) @ self.weight.T
