@@ -16,8 +16,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lt_lightning.data.profiles import shot_groups as shot_groups_from_counts
 from lt_lightning.losses import mixup_batch
 from lt_lightning.metrics import ShotAccuracy
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
@@ -225,6 +227,73 @@ class LongTailModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_shot_metrics(self.test_metrics, "test")
+
+    def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Test-time logits and predictions of one batch.
+
+        The logits are those ``test`` scores (TDE's counterfactual logits with ``alpha``, τ-norm's
+        normalised classifier, NCM's centroid scores), so ``preds`` agree with the test accuracy.
+
+        Args:
+            batch: ``x`` or ``(x, y)`` (targets are passed through when present).
+
+        Returns:
+            ``{"logits": [N, K], "preds": [N]}`` plus ``"targets": [N]`` when the batch has labels.
+        """
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        logits = self(x)
+        out = {"logits": logits, "preds": logits.argmax(dim=1)}
+        if y is not None:
+            out["targets"] = y
+        return out
+
+    # ---- facts of the data (read from the datamodule when the trainer starts) ------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            self.adopt_datamodule(dm)
+
+    def adopt_datamodule(self, dm: Any) -> None:
+        """Take class counts and shot thresholds from ``dm`` (the CLI links the same values).
+
+        Python users then get the CLI's many/medium/few groups without passing them by hand. A datamodule
+        without ``class_counts`` is left alone.
+
+        Raises:
+            ValueError: ``dm.num_classes`` differs from the model's K (the classifier cannot change).
+        """
+        counts = getattr(dm, "class_counts", None)
+        if counts is None:
+            return
+        dm_k = getattr(dm, "num_classes", len(counts))
+        if dm_k != self.num_classes:
+            raise ValueError(
+                f"the datamodule has num_classes={dm_k} but the model was built with num_classes="
+                f"{self.num_classes}; build the model with num_classes=dm.num_classes"
+            )
+        counts = [int(n) for n in counts]
+        hp = self.hparams
+        many = int(getattr(dm, "many_threshold", hp.many_threshold))
+        few = int(getattr(dm, "few_threshold", hp.few_threshold))
+        if self.class_counts is not None and list(self.class_counts) != counts:
+            rank_zero_warn(
+                f"the model's class_counts {self.class_counts} differ from the datamodule's {counts}; "
+                "using the datamodule's for the shot groups"
+            )
+        if (many, few) != (hp.many_threshold, hp.few_threshold) and (hp.many_threshold, hp.few_threshold) != (
+            100,
+            20,
+        ):
+            rank_zero_warn(
+                f"the model's shot thresholds ({hp.many_threshold}, {hp.few_threshold}) differ from the "
+                f"datamodule's ({many}, {few}); using the datamodule's"
+            )
+        self.class_counts = counts
+        hp.class_counts, hp.many_threshold, hp.few_threshold = counts, many, few
+        groups = shot_groups_from_counts(torch.as_tensor(counts), many, few)
+        for module in self.modules():
+            if isinstance(module, ShotAccuracy):
+                module.class_group = groups.to(self.device)
 
     # ---- optimisation -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

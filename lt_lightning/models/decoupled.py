@@ -240,6 +240,17 @@ class DecoupledModule(LongTailModule):
     def on_predict_start(self) -> None:
         self._prepare_post_hoc()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A fixed ``tau`` given now (config or command line) wins over the τ stored in the checkpoint's head:
+        # evaluation options are honoured at test time (the stored base weight is the stage-1 one).
+        tau = self.hparams.tau
+        state = checkpoint.get("state_dict", {})
+        if self.hparams.mode == "tau_norm" and tau is not None and "head.base_weight" in state:
+            base = state["head.base_weight"]
+            state["head.tau"] = torch.tensor(float(tau), dtype=state["head.tau"].dtype)
+            state["head.weight"] = tau_normalize(base, float(tau)).to(base.dtype)
+            state["post_hoc_ready"] = torch.tensor(True)
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.tau_sweep is None:
             return super().validation_step(batch, batch_idx)
