@@ -172,17 +172,18 @@ class LTLightningCLI(LightningCLI):
     # ---- end-of-fit summary -----------------------------------------------------------------------------
     def after_fit(self) -> None:
         trainer = self.trainer
+        #: the metrics at the end of fit (validation, NC) and, with ``test_after_fit``, of the test
+        self.final_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.is_global_zero:
-            table = format_metrics_table(trainer.callback_metrics, "val", "final validation metrics")
+            table = format_metrics_table(self.final_metrics, "val", "final validation metrics")
             if table:
                 print("\n" + table)
         if self.config_init["fit"].get("test_after_fit"):
             trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+            test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+            self.final_metrics.update(test)
             if trainer.is_global_zero:
-                print(
-                    "\n"
-                    + format_metrics_table(trainer.callback_metrics, "test", "test metrics (final model)")
-                )
+                print("\n" + format_metrics_table(test, "test", "test metrics (final model)"))
 
 
 def _differs(a: Any, b: Any) -> bool:
