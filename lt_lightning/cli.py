@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -209,8 +210,14 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LTLightnin
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lt-lightning`` console script."""
-    build_cli(args)
+    """Entry point of the ``lt-lightning`` console script (``seeds`` is :mod:`lt_lightning.seeds`)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["seeds"]:
+        from lt_lightning.seeds import run_seeds
+
+        run_seeds(argv[1:])
+        return
+    build_cli(argv)
 
 
 if __name__ == "__main__":
