@@ -268,8 +268,8 @@ class NeuralCollapseCallback(Callback):
         for features, y, logits in second:
             nc.update_nc4(features, y, logits)
         nc.set_classifier(weight, bias)
-        values = nc.compute()
-        values.update(acc.compute())
+        values = {k: float(v) for k, v in nc.compute().items()}  # one host read per value, at the end
+        values.update({k: float(v) for k, v in acc.compute().items()})
         for key in ("many_classes", "medium_classes", "few_classes"):
             values.pop(key, None)  # constant per run; not worth a curve
         per_class_acc = acc.per_class_accuracy()

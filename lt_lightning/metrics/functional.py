@@ -41,7 +41,7 @@ from torch import Tensor
 
 from lt_lightning.data.profiles import shot_groups as shot_groups_from_counts
 
-__all__ = ["NC_KEYS", "SHOT_GROUP_NAMES", "neural_collapse"]
+__all__ = ["NC_KEYS", "SHOT_GROUP_NAMES", "neural_collapse", "shot_accuracy"]
 
 #: Keys of every neural-collapse result (each also appears as ``f"{key}/{group}"`` with shot groups).
 NC_KEYS = ("nc1", "nc2", "nc2_h", "nc3", "nc4", "bias_collapse", "equinorm_w", "equinorm_h", "cdnv")
@@ -558,3 +558,8 @@ def neural_collapse(
         rtol=rtol,
         global_mean=global_mean,
     )
+
+
+# The functional form of ShotAccuracy lives with the metric (it shares its update/compute); re-exported
+# here so that ``functional`` holds every one-shot metric, as in torchmetrics.
+from lt_lightning.metrics.shot_accuracy import shot_accuracy  # noqa: E402
