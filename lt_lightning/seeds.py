@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from lt_lightning.progress import progress
+
 __all__ = ["SUMMARY_COLUMNS", "run_seeds", "summarize", "summary_markdown"]
 
 #: (metric key, column title) of the summary
@@ -200,7 +202,7 @@ def run_seeds(
     out = Path(opts.out).resolve()
     trainer_overrides = _trainer_overrides(overrides)
     per_seed: dict[int, dict[str, float]] = {}
-    for i, seed in enumerate(opts.seeds):
+    for i, seed in enumerate(progress(opts.seeds, "seeds")):
         print(f"[lt-lightning seeds] seed {seed} ({i + 1}/{len(opts.seeds)}) in {out / f'seed{seed}'}")
         seeding = ["--seed_everything", str(seed), "--model.init_args.seed", str(seed)]
         if opts.vary_data_seed:

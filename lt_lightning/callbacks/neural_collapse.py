@@ -25,6 +25,7 @@ from lt_lightning.callbacks import plots
 from lt_lightning.data.profiles import shot_groups as _shot_groups_from_counts
 from lt_lightning.metrics.neural_collapse import NeuralCollapse
 from lt_lightning.metrics.shot_accuracy import ShotAccuracy
+from lt_lightning.progress import progress, trainer_shows_progress
 
 __all__ = ["NeuralCollapseCallback"]
 
@@ -218,7 +219,9 @@ class NeuralCollapseCallback(Callback):
     def _batches(
         self, loader: Iterable[Any], trainer: Trainer, device: torch.device
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        for i, batch in enumerate(loader):
+        shown = trainer_shows_progress(trainer)
+        total = None if not shown else _safe_len(loader, self.max_batches)
+        for i, batch in enumerate(progress(loader, "neural collapse", enabled=shown, total=total)):
             if self.max_batches is not None and i >= self.max_batches:
                 break
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -306,3 +309,11 @@ class NeuralCollapseCallback(Callback):
             for key, fig in figures.items():
                 name = key.removeprefix("nc/").replace("/", "_")
                 fig.savefig(os.path.join(out, f"epoch{trainer.current_epoch:04d}_{name}.png"), dpi=80)
+
+
+def _safe_len(loader: Any, max_batches: int | None) -> int | None:
+    try:
+        n = len(loader)
+    except TypeError:
+        return max_batches
+    return n if max_batches is None else min(n, max_batches)
