@@ -22,11 +22,18 @@ from torch import Tensor, nn
 from lt_lightning.data.profiles import shot_groups as shot_groups_from_counts
 from lt_lightning.losses import mixup_batch
 from lt_lightning.metrics import ShotAccuracy
+from lt_lightning.metrics.functional import SHOT_GROUP_NAMES
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
 from lt_lightning.nn.backbones import build_backbone
 from lt_lightning.nn.heads import FeatureNeck, LinearHead
 
-__all__ = ["CLASS_PATH_KEY", "LongTailModule", "load_module_from_checkpoint"]
+__all__ = [
+    "CLASS_PATH_KEY",
+    "PER_CLASS_COLUMNS",
+    "LongTailModule",
+    "load_module_from_checkpoint",
+    "per_class_rows",
+]
 
 OPTIMIZERS = ("sgd", "adamw")
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
@@ -226,7 +233,25 @@ class LongTailModule(L.LightningModule):
         self._log_shot_metrics(self.val_metrics, "val")
 
     def on_test_epoch_end(self) -> None:
+        self._log_per_class_table(self.test_metrics, "test")
         self._log_shot_metrics(self.test_metrics, "test")
+
+    def _log_per_class_table(self, metrics: ShotAccuracy, prefix: str) -> None:
+        """A W&B table ``{prefix}/per_class`` (class, training count, accuracy, shot group)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        trainer = self._trainer
+        loggers = [
+            lg for lg in (trainer.loggers if trainer is not None else []) if isinstance(lg, WandbLogger)
+        ]
+        if not loggers:
+            return
+        per_class = metrics.per_class_accuracy()  # collective under DDP: every rank calls it
+        if not trainer.is_global_zero:
+            return
+        rows = per_class_rows(per_class, self.class_counts, metrics.class_group)
+        for logger in loggers:
+            logger.log_table(key=f"{prefix}/per_class", columns=list(PER_CLASS_COLUMNS), data=rows)
 
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Test-time logits and predictions of one batch.
@@ -334,6 +359,29 @@ class LongTailModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+#: columns of the per-class table logged at test
+PER_CLASS_COLUMNS = ("class", "train_count", "accuracy", "shot_group")
+
+
+def per_class_rows(
+    per_class_acc: Tensor, class_counts: Sequence[int] | None, class_group: Tensor | None
+) -> list[list]:
+    """Rows ``[class, train_count, accuracy, shot_group]`` (``None`` for an unknown count/group, and for
+    the accuracy of a class absent from the evaluation set)."""
+    acc = per_class_acc.detach().double().cpu().tolist()
+    groups = class_group.cpu().tolist() if class_group is not None else [None] * len(acc)
+    counts = list(class_counts) if class_counts is not None else [None] * len(acc)
+    return [
+        [
+            k,
+            None if n is None else int(n),
+            None if a != a else float(a),
+            None if g is None else SHOT_GROUP_NAMES[g],
+        ]
+        for k, (n, a, g) in enumerate(zip(counts, acc, groups))
+    ]
 
 
 def _step_lr_factor(step: int, *, steps_per_epoch: float, **kwargs) -> float:

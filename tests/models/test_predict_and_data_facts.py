@@ -185,3 +185,38 @@ def test_datamodule_with_other_k_is_refused(tmp_path):
         ValueError, match="datamodule has num_classes=6 but the model was built with num_classes=4"
     ):
         cpu_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)
+
+
+# ---- W&B per-class table at test ------------------------------------------------------------------------
+def test_per_class_rows():
+    from lt_lightning.models.base import per_class_rows
+
+    rows = per_class_rows(torch.tensor([1.0, float("nan"), 0.25]), [50, 10, 3], torch.tensor([0, 1, 2]))
+    assert rows == [[0, 50, 1.0, "many"], [1, 10, None, "medium"], [2, 3, 0.25, "few"]]
+    assert per_class_rows(torch.tensor([0.5]), None, None) == [[0, None, 0.5, None]]
+
+
+def test_test_logs_a_per_class_table_to_wandb(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lt_lightning.loggers import WandbLoggerOfflineSafe
+
+    tables = []
+    monkeypatch.setattr(
+        WandbLogger, "log_table", lambda self, key, columns, data, **kw: tables.append((key, columns, data))
+    )
+    dm = synthetic_dm(many_threshold=40, few_threshold=25)
+    model = JointModule(**model_kwargs(dm))
+    logger = WandbLoggerOfflineSafe(mode="disabled", save_dir=str(tmp_path))
+    cpu_trainer(tmp_path, logger=logger).test(model, datamodule=dm, verbose=False)
+    ((key, columns, rows),) = tables
+    assert key == "test/per_class" and columns == ["class", "train_count", "accuracy", "shot_group"]
+    names = ["many", "medium", "few"]
+    assert [r[1] for r in rows] == dm.class_counts
+    assert [r[3] for r in rows] == [names[g] for g in shot_groups(dm.class_counts, 40, 25).tolist()]
+    model.eval()
+    with torch.no_grad():
+        x, y = dm.test_dataset.inputs, dm.test_dataset.targets
+        pred = model(x).argmax(1)
+    for k, _, acc, _ in rows:
+        assert acc == pytest.approx((pred[y == k] == k).double().mean().item())
