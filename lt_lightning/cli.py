@@ -10,6 +10,7 @@ model. The default logger is W&B (offline when there is no API key or network), 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -107,7 +108,29 @@ class LTLightningCLI(LightningCLI):
         )
 
     # ---- evaluation options over a checkpoint's hyper-parameters ---------------------------------------
+    def _refuse_linked_model_options(self) -> None:
+        """The linked options are overwritten by the datamodule's values: refuse a model-side setting."""
+        sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        init_args = config.model.get("init_args") if config.get("model") else None
+        if init_args is None:
+            return
+        params = inspect.signature(LongTailModule.__init__).parameters
+        given = {
+            n: init_args[n]
+            for n in LINKED_OPTIONS
+            if n in init_args and _differs(init_args[n], params[n].default)
+        }
+        if given:
+            detail = ", ".join(f"model.init_args.{n}={v!r}" for n, v in given.items())
+            hint = " ".join(f"--data.init_args.{n} {v}" for n, v in given.items())
+            raise ValueError(
+                f"{detail}: these are linked from the datamodule and would be overwritten; set them on the "
+                f"data instead ({hint})"
+            )
+
     def _parse_ckpt_path(self) -> None:
+        self._refuse_linked_model_options()
         sub = self.config.get("subcommand")
         ckpt = self.config[sub].get("ckpt_path") if sub else None
         if sub not in EVAL_SUBCOMMANDS or not ckpt or not os.path.isfile(ckpt):

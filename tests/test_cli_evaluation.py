@@ -126,3 +126,44 @@ def test_format_metrics_table():
         ["nc/train/nc1", "0.2500"],
     ]
     assert format_metrics_table({}, "test") == ""
+
+
+def test_linked_model_options_are_refused_not_overwritten(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", str(CONFIGS / "digits_lt/joint.yaml"), "--model.init_args.many_threshold", "50"]
+    with pytest.raises(ValueError, match=r"many_threshold=50.*--data.init_args.many_threshold 50"):
+        build_cli(args)
+
+
+def test_options_the_checkpoint_state_depends_on_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "ncm.ckpt"
+    hparams = {
+        "_class_path": "lt_lightning.models.DecoupledModule",
+        "stage1_checkpoint": "runs/digits_lt/joint/last.ckpt",
+        "mode": "ncm",
+        "ncm_normalize": True,
+    }
+    torch.save({"hyper_parameters": hparams}, ckpt)  # only the hyper-parameters are read before refusing
+    args = ["test", "-c", str(CONFIGS / "digits_lt/ncm.yaml"), "--ckpt_path", str(ckpt)]
+    with pytest.raises(ValueError, match=r"ncm_normalize=False \(checkpoint: True\) cannot be changed"):
+        build_cli([*args, "--model.init_args.ncm_normalize", "false"])
+
+
+@pytest.mark.slow
+def test_data_thresholds_apply_at_test_time(tde_run, monkeypatch):
+    tmp, ckpt = tde_run
+    monkeypatch.chdir(tmp)
+    args = [
+        "test",
+        "-c",
+        str(CONFIGS / "digits_lt/tde.yaml"),
+        "--ckpt_path",
+        str(ckpt),
+        "--trainer.callbacks",
+        "[]",
+    ]
+    cli = build_cli([*args, "--data.init_args.many_threshold", "40"])
+    counts = cli.datamodule.class_counts
+    assert float(cli.trainer.callback_metrics["test/many_classes"]) == sum(n > 40 for n in counts)
+    assert sum(n > 40 for n in counts) != sum(n > 60 for n in counts)  # the digits default would differ
