@@ -2,6 +2,9 @@
 
     lt-lightning fit -c configs/digits_lt/joint.yaml
     lt-lightning test -c configs/digits_lt/tau_norm.yaml --model.init_args.stage1_checkpoint run.ckpt
+    lt-lightning test -c configs/digits_lt/tde.yaml --ckpt_path runs/digits_lt/tde/last.ckpt --model.init_args.alpha 3
+    lt-lightning predict -c configs/digits_lt/joint.yaml --ckpt_path runs/digits_lt/joint/last.ckpt
+    lt-lightning seeds -c configs/digits_lt/joint.yaml --seeds 0 1 2 --out runs/seeds/joint
 
 ``num_classes``, ``class_counts`` and the shot-group thresholds are linked from the datamodule into the
 model. The default logger is W&B (offline when there is no API key or network), or a CSV logger when
