@@ -243,7 +243,7 @@ def main(args: Sequence[str] | None = None) -> None:
 
         run_seeds(argv[1:])
         return
-    build_cli(argv)
+    build_cli(args)  # None: LightningCLI reads sys.argv itself (passing both would warn)
 
 
 if __name__ == "__main__":
