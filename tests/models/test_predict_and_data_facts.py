@@ -163,7 +163,7 @@ def test_python_flow_takes_counts_and_thresholds_from_the_datamodule(tmp_path, p
     assert model.class_counts == dm.class_counts
     expected = _expected_shot_acc(model, dm, 40, 25)
     for key in ("many_acc", "medium_acc", "few_acc"):
-        assert res[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6, nan_ok=True)
+        assert res[f"test/{key}"] == pytest.approx(float(expected[key]), abs=1e-6, nan_ok=True)
 
 
 def test_tde_sweep_groups_follow_the_datamodule(tmp_path):
