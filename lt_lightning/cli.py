@@ -2,6 +2,9 @@
 
     lt-lightning fit -c configs/digits_lt/joint.yaml
     lt-lightning test -c configs/digits_lt/tau_norm.yaml --model.init_args.stage1_checkpoint run.ckpt
+    lt-lightning test -c configs/digits_lt/tde.yaml --ckpt_path runs/digits_lt/tde/last.ckpt --model.init_args.alpha 3
+    lt-lightning predict -c configs/digits_lt/joint.yaml --ckpt_path runs/digits_lt/joint/last.ckpt
+    lt-lightning seeds -c configs/digits_lt/joint.yaml --seeds 0 1 2 --out runs/seeds/joint
 
 ``num_classes``, ``class_counts`` and the shot-group thresholds are linked from the datamodule into the
 model. The default logger is W&B (offline when there is no API key or network), or a CSV logger when
@@ -10,19 +13,45 @@ model. The default logger is W&B (offline when there is no API key or network), 
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 import lt_lightning.callbacks
 import lt_lightning.data.datamodules
 import lt_lightning.models  # noqa: F401
+from lt_lightning.callbacks.predictions import PredictionWriter
 from lt_lightning.callbacks.wandb_config import SaveConfigToLoggers
 from lt_lightning.data.datamodules import LongTailDataModule
 from lt_lightning.models.base import LongTailModule
 
-__all__ = ["LTLightningCLI", "build_cli", "default_logger", "main"]
+__all__ = [
+    "EVAL_OPTIONS",
+    "LINKED_OPTIONS",
+    "LTLightningCLI",
+    "build_cli",
+    "default_logger",
+    "format_metrics_table",
+    "main",
+]
+
+#: model options linked from the datamodule (override them with ``--data.init_args.<name>``)
+LINKED_OPTIONS = ("num_classes", "class_counts", "many_threshold", "few_threshold")
+#: model options filled from the datamodule: ``{model option: datamodule attribute}``
+LINKED_TARGETS = {**{n: n for n in LINKED_OPTIONS}, "shot_groups": "explicit_shot_groups"}
+#: model options that only change evaluation: honoured over a checkpoint's saved value at test/validate/predict
+EVAL_OPTIONS = ("alpha", "alpha_grid", "tau", "tau_grid", "ncm_metric")
+#: evaluation options whose checkpoint state cannot follow an override (NCM centroids are fitted with them)
+REFUSED_EVAL_OPTIONS = ("ncm_center", "ncm_normalize", "mode")
+#: the rows of the end-of-run metric tables (``{split}`` is val or test)
+SUMMARY_KEYS = ("acc", "balanced_acc", "many_acc", "medium_acc", "few_acc", "loss")
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 
 def default_logger(save_dir: str = "runs") -> dict:
@@ -41,13 +70,156 @@ def default_logger(save_dir: str = "runs") -> dict:
     }
 
 
+def format_metrics_table(metrics: Mapping[str, Any], split: str, title: str | None = None) -> str:
+    """A small text table of the ``{split}/…`` summary metrics (and the final NC1) in ``metrics``."""
+    keys = [f"{split}/{k}" for k in SUMMARY_KEYS] + [f"nc/{s}/nc1" for s in ("train", split)]
+    rows = []
+    for key in dict.fromkeys(keys):
+        if key in metrics:
+            value = float(metrics[key])
+            rows.append((key, "nan" if math.isnan(value) else f"{value:.4f}"))
+    if not rows:
+        return ""
+    width = max(len(k) for k, _ in rows)
+    head = title or f"final {split} metrics"
+    lines = [head, "-" * max(len(head), width + 10)]
+    lines += [f"{k:<{width}}  {v:>8}" for k, v in rows]
+    return "\n".join(lines)
+
+
 class LTLightningCLI(LightningCLI):
+    """LightningCLI with the datamodule's facts linked into the model, and:
+
+    - ``fit`` prints the final validation metrics (``--test_after_fit true`` also tests the final
+      model and prints the test metrics);
+    - ``validate``/``test``/``predict`` with ``--ckpt_path`` keep the evaluation options given in the
+      config or on the command line (TDE's ``alpha``, ``tau``, ``ncm_metric``, …; see
+      :data:`EVAL_OPTIONS`) instead of the checkpoint's, refuse the ones the checkpoint's state depends
+      on, and warn about any other model option replaced by the checkpoint's value;
+    - ``validate``/``test``/``predict`` without ``--ckpt_path`` on a model with trainable weights warn
+      that an untrained model is being evaluated;
+    - ``predict`` writes ``predictions.pt``/``.csv`` (:class:`~lt_lightning.callbacks.PredictionWriter`)
+      unless the trainer already has a prediction writer.
+    """
+
     def add_arguments_to_parser(self, parser) -> None:
-        for name in ("num_classes", "class_counts", "many_threshold", "few_threshold"):
-            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
-        parser.link_arguments(
-            "data.explicit_shot_groups", "model.init_args.shot_groups", apply_on="instantiate"
+        for target, source in LINKED_TARGETS.items():
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit: after training, test the final model and print the test metrics",
         )
+
+    # ---- evaluation options over a checkpoint's hyper-parameters ---------------------------------------
+    def _refuse_linked_model_options(self) -> None:
+        """The linked options are overwritten by the datamodule's values: refuse a model-side setting."""
+        sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        init_args = config.model.get("init_args") if config.get("model") else None
+        if init_args is None:
+            return
+        params = inspect.signature(LongTailModule.__init__).parameters
+        given = {
+            n: init_args[n]
+            for n in LINKED_TARGETS
+            if n in init_args and _differs(init_args[n], params[n].default)
+        }
+        if given:
+            detail = ", ".join(f"model.init_args.{n}={v!r}" for n, v in given.items())
+            data_option = {"shot_groups": "shot_group_boundaries"}
+            hint = " ".join(f"--data.init_args.{data_option.get(n, n)} {v}" for n, v in given.items())
+            raise ValueError(
+                f"{detail}: these are linked from the datamodule and would be overwritten; set them on the "
+                f"data instead ({hint})"
+            )
+
+    def _parse_ckpt_path(self) -> None:
+        self._refuse_linked_model_options()
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if sub not in EVAL_SUBCOMMANDS or not ckpt or not os.path.isfile(ckpt):
+            return super()._parse_ckpt_path()
+        given = dict(vars(self.config[sub].model.get("init_args") or {}))
+        super()._parse_ckpt_path()  # Lightning replaces the model options with the checkpoint's
+        init_args = self.config[sub].model.get("init_args")
+        if init_args is None:
+            return
+        saved = dict(vars(init_args))
+        changed = {
+            k: (given[k], saved[k])
+            for k in given
+            if k in saved and k not in LINKED_TARGETS and _differs(given[k], saved[k])
+        }
+        refused = {k: v for k, v in changed.items() if k in REFUSED_EVAL_OPTIONS}
+        if refused:
+            detail = ", ".join(f"{k}={g!r} (checkpoint: {c!r})" for k, (g, c) in refused.items())
+            raise ValueError(
+                f"{sub} --ckpt_path {ckpt}: {detail} cannot be changed on a checkpoint (its fitted state "
+                "depends on them); evaluate without --ckpt_path to fit them afresh"
+            )
+        for key, (value, _) in changed.items():
+            if key in EVAL_OPTIONS:
+                init_args[key] = value
+        ignored = {k: v for k, v in changed.items() if k not in EVAL_OPTIONS}
+        honoured = {k: v for k, v in changed.items() if k in EVAL_OPTIONS}
+        if honoured:
+            detail = ", ".join(f"{k}={g!r} (checkpoint: {c!r})" for k, (g, c) in honoured.items())
+            print(f"[lt-lightning] {sub}: evaluation options from the config/command line: {detail}")
+        if ignored:
+            detail = ", ".join(f"{k}={g!r} -> {c!r}" for k, (g, c) in ignored.items())
+            rank_zero_warn(
+                f"{sub} --ckpt_path {ckpt}: these model options are replaced by the checkpoint's values "
+                f"(they define the trained model): {detail}. Only {', '.join(EVAL_OPTIONS)} and the data's "
+                "thresholds (--data.init_args.many_threshold/few_threshold) can be changed at evaluation."
+            )
+
+    def _warn_if_untrained(self, sub: str) -> None:
+        if self.config_init[sub].get("ckpt_path"):
+            return
+        if any(p.requires_grad for p in self.model.parameters()):
+            message = (
+                f"\n{'!' * 100}\n  lt-lightning {sub} without --ckpt_path: the {type(self.model).__name__} has "
+                "trainable weights that were never trained in this run;\n  the numbers below score an "
+                f"UNTRAINED model. Pass --ckpt_path <run>/last.ckpt to evaluate a trained one.\n{'!' * 100}"
+            )
+            rank_zero_warn(message)
+
+    def before_validate(self) -> None:
+        self._warn_if_untrained("validate")
+
+    def before_test(self) -> None:
+        self._warn_if_untrained("test")
+
+    def before_predict(self) -> None:
+        self._warn_if_untrained("predict")
+        from lightning.pytorch.callbacks import BasePredictionWriter
+
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+
+    # ---- end-of-fit summary -----------------------------------------------------------------------------
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        #: the metrics at the end of fit (validation, NC) and, with ``test_after_fit``, of the test
+        self.final_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if trainer.is_global_zero:
+            table = format_metrics_table(self.final_metrics, "val", "final validation metrics")
+            if table:
+                print("\n" + table)
+        if self.config_init["fit"].get("test_after_fit"):
+            trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+            test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+            self.final_metrics.update(test)
+            if trainer.is_global_zero:
+                print("\n" + format_metrics_table(test, "test", "test metrics (final model)"))
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) != list(b)
+    return a != b
 
 
 def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LTLightningCLI:
@@ -67,8 +239,14 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LTLightnin
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lt-lightning`` console script."""
-    build_cli(args)
+    """Entry point of the ``lt-lightning`` console script (``seeds`` is :mod:`lt_lightning.seeds`)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["seeds"]:
+        from lt_lightning.seeds import run_seeds
+
+        run_seeds(argv[1:])
+        return
+    build_cli(args)  # None: LightningCLI reads sys.argv itself (passing both would warn)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ a fixed ETF and a learned classifier. ``bench/ufm_nc.py`` draws the curves; a te
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,9 +26,14 @@ UFM_METHODS = ("learned", "fixed_etf", "implicit_etf")
 class UFMResult:
     method: str
     nc1: list[float] = field(default_factory=list)
+    nc2: list[float] = field(default_factory=list)
     nc3: list[float] = field(default_factory=list)
+    nc4: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
+    #: the trained module (its free features and classifier) and the sample labels, for geometry plots
+    model: Any = None
+    labels: Any = None
 
 
 def _build(method: str, num_classes: int, num_samples: int, dim: int, lr: float, wd: float, seed: int):
@@ -85,11 +91,16 @@ def run_ufm(
         with torch.no_grad():
             h = model.extract_features(idx).double()
             w, b = model.classifier_weight_bias()
-            nc = neural_collapse(h, labels, w.double(), None if b is None else b.double(), num_classes)
-            result.nc1.append(nc["nc1"])
-            result.nc3.append(nc["nc3"])
+            preds = model.forward_head(h.to(feats.dtype))
+            nc = neural_collapse(
+                h, labels, w.double(), None if b is None else b.double(), num_classes, predictions=preds
+            )
+            for key in ("nc1", "nc2", "nc3", "nc4"):
+                getattr(result, key).append(nc[key])
             result.loss.append(float(loss))
             result.accuracy.append(float((logits.argmax(1) == labels).double().mean()))
+    result.model = model
+    result.labels = labels
     return result
 
 

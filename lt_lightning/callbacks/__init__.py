@@ -1,6 +1,7 @@
-"""Lightning callbacks: neural-collapse measurement and W&B config logging."""
+"""Lightning callbacks: neural-collapse measurement, prediction files and W&B config logging."""
 
 from lt_lightning.callbacks.neural_collapse import NeuralCollapseCallback
+from lt_lightning.callbacks.predictions import PredictionWriter
 from lt_lightning.callbacks.wandb_config import SaveConfigToLoggers
 
-__all__ = ["NeuralCollapseCallback", "SaveConfigToLoggers"]
+__all__ = ["NeuralCollapseCallback", "PredictionWriter", "SaveConfigToLoggers"]

@@ -25,6 +25,7 @@ from lt_lightning.callbacks import plots
 from lt_lightning.data.profiles import shot_groups as _shot_groups_from_counts
 from lt_lightning.metrics.neural_collapse import NeuralCollapse
 from lt_lightning.metrics.shot_accuracy import ShotAccuracy
+from lt_lightning.progress import progress, trainer_shows_progress
 
 __all__ = ["NeuralCollapseCallback"]
 
@@ -220,7 +221,9 @@ class NeuralCollapseCallback(Callback):
     def _batches(
         self, loader: Iterable[Any], trainer: Trainer, device: torch.device
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        for i, batch in enumerate(loader):
+        shown = trainer_shows_progress(trainer)
+        total = None if not shown else _safe_len(loader, self.max_batches)
+        for i, batch in enumerate(progress(loader, "neural collapse", enabled=shown, total=total)):
             if self.max_batches is not None and i >= self.max_batches:
                 break
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -270,8 +273,8 @@ class NeuralCollapseCallback(Callback):
         for features, y, logits in second:
             nc.update_nc4(features, y, logits)
         nc.set_classifier(weight, bias)
-        values = nc.compute()
-        values.update(acc.compute())
+        values = {k: float(v) for k, v in nc.compute().items()}  # one host read per value, at the end
+        values.update({k: float(v) for k, v in acc.compute().items()})
         for key in ("many_classes", "medium_classes", "few_classes"):
             values.pop(key, None)  # constant per run; not worth a curve
         per_class_acc = acc.per_class_accuracy()
@@ -311,3 +314,11 @@ class NeuralCollapseCallback(Callback):
             for key, fig in figures.items():
                 name = key.removeprefix("nc/").replace("/", "_")
                 fig.savefig(os.path.join(out, f"epoch{trainer.current_epoch:04d}_{name}.png"), dpi=80)
+
+
+def _safe_len(loader: Any, max_batches: int | None) -> int | None:
+    try:
+        n = len(loader)
+    except TypeError:
+        return max_batches
+    return n if max_batches is None else min(n, max_batches)

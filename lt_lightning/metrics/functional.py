@@ -41,7 +41,14 @@ from torch import Tensor
 
 from lt_lightning.data.profiles import shot_groups as shot_groups_from_counts
 
-__all__ = ["MINORITY_COLLAPSE_KEYS", "NC_KEYS", "SHOT_GROUP_NAMES", "minority_collapse", "neural_collapse"]
+__all__ = [
+    "MINORITY_COLLAPSE_KEYS",
+    "NC_KEYS",
+    "SHOT_GROUP_NAMES",
+    "minority_collapse",
+    "neural_collapse",
+    "shot_accuracy",
+]
 
 #: Keys of every neural-collapse result (each also appears as ``f"{key}/{group}"`` with shot groups).
 NC_KEYS = ("nc1", "nc2", "nc2_h", "nc3", "nc4", "bias_collapse", "equinorm_w", "equinorm_h", "cdnv")
@@ -683,3 +690,8 @@ def minority_collapse(
     out = _minority_collapse_geometry(w, hbar, groups)
     values = torch.stack([out[key] for key in MINORITY_COLLAPSE_KEYS]).tolist()
     return dict(zip(MINORITY_COLLAPSE_KEYS, values))
+
+
+# The functional form of ShotAccuracy lives with the metric (it shares its update/compute); re-exported
+# here so that ``functional`` holds every one-shot metric, as in torchmetrics.
+from lt_lightning.metrics.shot_accuracy import shot_accuracy  # noqa: E402

@@ -80,8 +80,9 @@ class NeuralCollapse(Metric):
         >>> metric.update_nc4(means[labels], labels, labels)
         >>> metric.set_classifier(means)
         >>> res = metric.compute()
-        >>> round(res["nc1"], 6), round(res["nc3"], 6), res["nc4"]
-        (0.0, 0.0, 0.0)
+        >>> [round(float(res[k]), 6) for k in ("nc1", "nc3", "nc4")]
+        [0.0, 0.0, 0.0]
+        >>> fig, ax = metric.plot()  # torchmetrics' plot of NC1-NC4
     """
 
     is_differentiable = False
@@ -234,12 +235,12 @@ class NeuralCollapse(Metric):
         self._bias = None if bias is None else bias.detach().to(torch.float64).clone()
         self._computed = None
 
-    def compute(self) -> dict[str, float]:
-        """All metrics as floats: ``nc1``… ``cdnv`` and, with shot groups, ``"nc1/many"`` etc."""
+    def compute(self) -> dict[str, Tensor]:
+        """All metrics as 0-d float64 tensors: ``nc1``… ``cdnv`` and, with shot groups, ``"nc1/many"`` etc."""
         classes = None
         if self.empty_classes == "drop":
             classes = self.counts > 0
-        return _neural_collapse_compute(
+        values = _neural_collapse_compute(
             self.counts,
             self.sums,
             self.scatter,
@@ -253,6 +254,21 @@ class NeuralCollapse(Metric):
             rtol=self.rtol,
             global_mean=self.global_mean,
         )
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
+
+    def plot(self, val: dict[str, Tensor] | Sequence[dict[str, Tensor]] | None = None, ax: Any = None):
+        """torchmetrics' plot of NC1–NC4 (one value, or a sequence of them, e.g. per epoch).
+
+        The geometry figures (class-mean Gram against the ETF, norms against class size) are
+        :mod:`lt_lightning.callbacks.plots`, drawn by :class:`~lt_lightning.callbacks.NeuralCollapseCallback`.
+
+        Returns:
+            ``(figure, axes)`` of matplotlib.
+        """
+        val = val if val is not None else self.compute()
+        pick = lambda v: {k: v[k].float() for k in ("nc1", "nc2", "nc3", "nc4") if k in v}  # noqa: E731
+        val = pick(val) if isinstance(val, dict) else [pick(v) for v in val]
+        return self._plot(val, ax)
 
     def reset(self) -> None:
         """Clear the statistics and the frozen means (the classifier is kept)."""

@@ -17,7 +17,7 @@ from torchmetrics import Metric
 
 from lt_lightning.metrics.functional import SHOT_GROUP_NAMES, _resolve_class_groups
 
-__all__ = ["ShotAccuracy"]
+__all__ = ["ShotAccuracy", "shot_accuracy"]
 
 
 def _shot_accuracy_update(
@@ -58,26 +58,56 @@ def _shot_accuracy_update(
     return correct, total
 
 
-def _shot_accuracy_compute(correct: Tensor, total: Tensor, class_group: Tensor | None) -> dict[str, float]:
-    """``acc``, ``balanced_acc`` and, with groups, ``{many,medium,few}_acc`` and ``..._classes``."""
-    present = total > 0
-    per_class = correct / total  # NaN for absent classes
+def _shot_accuracy_compute(correct: Tensor, total: Tensor, class_group: Tensor | None) -> dict[str, Tensor]:
+    """``acc``, ``balanced_acc`` and, with groups, ``{many,medium,few}_acc`` and ``..._classes``.
+
+    0-d float64 tensors on the device of the counts; no host sync (an empty group is 0/0 = NaN).
+    """
+    present = (total > 0).to(torch.float64)
+    per_class = torch.where(total > 0, correct / total.clamp_min(1), torch.zeros_like(correct))
     out = {
         "acc": correct.sum() / total.sum(),
-        "balanced_acc": per_class[present].mean() if bool(present.any()) else torch.tensor(float("nan")),
+        "balanced_acc": (per_class * present).sum() / present.sum(),
     }
     if class_group is not None:
         cg = class_group.to(correct.device)
+        member = torch.stack([(cg == g).to(torch.float64) for g in range(len(SHOT_GROUP_NAMES))])  # [3, K]
+        group_acc = (member * present * per_class).sum(1) / (member * present).sum(1)
         for g, name in enumerate(SHOT_GROUP_NAMES):
-            member = (cg == g) & present
-            out[f"{name}_acc"] = (
-                per_class[member].mean() if bool(member.any()) else torch.tensor(float("nan"))
-            )
+            out[f"{name}_acc"] = group_acc[g]
         for g, name in enumerate(SHOT_GROUP_NAMES):
-            out[f"{name}_classes"] = (cg == g).sum()
-    keys = list(out)
-    values = torch.stack([torch.as_tensor(out[k], dtype=torch.float64).cpu() for k in keys]).tolist()
-    return dict(zip(keys, values))
+            out[f"{name}_classes"] = member[g].sum()
+    return out
+
+
+def shot_accuracy(
+    preds: Tensor,
+    target: Tensor,
+    num_classes: int,
+    class_counts: Sequence[int] | Tensor | None = None,
+    shot_groups: Sequence[int] | Tensor | None = None,
+    many_threshold: int = 100,
+    few_threshold: int = 20,
+) -> dict[str, Tensor]:
+    """Functional :class:`ShotAccuracy`: top-1, balanced and many/medium/few accuracy of one batch.
+
+    Args:
+        preds: ``[N]`` predicted classes or ``[N, K]`` scores.
+        target: ``[N]`` true classes.
+        num_classes, class_counts, shot_groups, many_threshold, few_threshold: as :class:`ShotAccuracy`.
+
+    Returns:
+        The keys of :meth:`ShotAccuracy.compute` as 0-d float64 tensors.
+
+    Example:
+        >>> preds, target = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2])
+        >>> res = shot_accuracy(preds, target, 3, class_counts=[500, 50, 5])
+        >>> res["acc"], res["few_acc"]
+        (tensor(0.7500, dtype=torch.float64), tensor(0.5000, dtype=torch.float64))
+    """
+    groups = _resolve_class_groups(num_classes, class_counts, shot_groups, many_threshold, few_threshold)
+    correct, total = _shot_accuracy_update(preds, target, num_classes)
+    return _shot_accuracy_compute(correct, total, groups)
 
 
 class ShotAccuracy(Metric):
@@ -95,7 +125,7 @@ class ShotAccuracy(Metric):
         many_threshold, few_threshold: thresholds for ``class_counts``.
         kwargs: passed to ``torchmetrics.Metric``.
 
-    ``compute()`` returns floats: ``acc`` (overall top-1), ``balanced_acc`` (mean per-class accuracy over
+    ``compute()`` returns 0-d float64 tensors: ``acc`` (overall top-1), ``balanced_acc`` (mean per-class accuracy over
     classes present in the targets, sklearn's ``balanced_accuracy_score``), ``many_acc``,
     ``medium_acc``, ``few_acc`` (NaN for a group without evaluated classes) and the group sizes
     ``many_classes``, ``medium_classes``, ``few_classes`` (classes per group by training count).
@@ -104,7 +134,8 @@ class ShotAccuracy(Metric):
         >>> metric = ShotAccuracy(3, class_counts=[500, 50, 5])
         >>> metric.update(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]))
         >>> metric.compute()["few_acc"]
-        0.5
+        tensor(0.5000, dtype=torch.float64)
+        >>> fig, ax = metric.plot()  # torchmetrics' plot of the accuracies
     """
 
     is_differentiable = False
@@ -138,9 +169,21 @@ class ShotAccuracy(Metric):
         self.correct += correct
         self.total += total
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, Tensor]:
         """See the class docstring for the keys."""
         return _shot_accuracy_compute(self.correct, self.total, self.class_group)
+
+    def plot(self, val: dict[str, Tensor] | Sequence[dict[str, Tensor]] | None = None, ax: Any = None):
+        """torchmetrics' plot of the accuracies (one value, or a sequence of them over time).
+
+        Returns:
+            ``(figure, axes)`` of matplotlib.
+        """
+        val = val if val is not None else self.compute()
+        keep = ("acc", "balanced_acc", *(f"{g}_acc" for g in SHOT_GROUP_NAMES))
+        pick = lambda v: {k: v[k].float().cpu() for k in keep if k in v}  # noqa: E731
+        val = pick(val) if isinstance(val, dict) else [pick(v) for v in val]
+        return self._plot(val, ax)
 
     def per_class_accuracy(self) -> Tensor:
         """Per-class accuracy ``[K]`` (float64, NaN for classes absent from the targets), synced over ranks."""

@@ -16,16 +16,25 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lt_lightning.data.profiles import shot_groups as shot_groups_from_counts
 from lt_lightning.losses import mixup_batch
 from lt_lightning.metrics import ShotAccuracy
+from lt_lightning.metrics.functional import SHOT_GROUP_NAMES
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
 from lt_lightning.nn.backbones import build_backbone
 from lt_lightning.nn.heads import FeatureNeck, LinearHead
 from lt_lightning.optim import AGD, agd_orthogonal_init_, check_agd_parameters
 
-__all__ = ["CLASS_PATH_KEY", "LongTailModule", "load_module_from_checkpoint"]
+__all__ = [
+    "CLASS_PATH_KEY",
+    "PER_CLASS_COLUMNS",
+    "LongTailModule",
+    "load_module_from_checkpoint",
+    "per_class_rows",
+]
 
 OPTIMIZERS = ("sgd", "adamw", "agd")
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
@@ -272,7 +281,93 @@ class LongTailModule(L.LightningModule):
         self._log_shot_metrics(self.val_metrics, "val")
 
     def on_test_epoch_end(self) -> None:
+        self._log_per_class_table(self.test_metrics, "test")
         self._log_shot_metrics(self.test_metrics, "test")
+
+    def _log_per_class_table(self, metrics: ShotAccuracy, prefix: str) -> None:
+        """A W&B table ``{prefix}/per_class`` (class, training count, accuracy, shot group)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        trainer = self._trainer
+        loggers = [
+            lg for lg in (trainer.loggers if trainer is not None else []) if isinstance(lg, WandbLogger)
+        ]
+        if not loggers:
+            return
+        per_class = metrics.per_class_accuracy()  # collective under DDP: every rank calls it
+        if not trainer.is_global_zero:
+            return
+        rows = per_class_rows(per_class, self.class_counts, metrics.class_group)
+        for logger in loggers:
+            logger.log_table(key=f"{prefix}/per_class", columns=list(PER_CLASS_COLUMNS), data=rows)
+
+    def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Test-time logits and predictions of one batch.
+
+        The logits are those ``test`` scores (TDE's counterfactual logits with ``alpha``, τ-norm's
+        normalised classifier, NCM's centroid scores), so ``preds`` agree with the test accuracy.
+
+        Args:
+            batch: ``x`` or ``(x, y)`` (targets are passed through when present).
+
+        Returns:
+            ``{"logits": [N, K], "preds": [N]}`` plus ``"targets": [N]`` when the batch has labels.
+        """
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        logits = self(x)
+        out = {"logits": logits, "preds": logits.argmax(dim=1)}
+        if y is not None:
+            out["targets"] = y
+        return out
+
+    # ---- facts of the data (read from the datamodule when the trainer starts) ------------------------
+    def adopt_datamodule(self, dm: Any) -> None:
+        """Take class counts and shot thresholds from ``dm`` (the CLI links the same values).
+
+        Python users then get the CLI's many/medium/few groups without passing them by hand. A datamodule
+        without ``class_counts`` is left alone.
+
+        Raises:
+            ValueError: ``dm.num_classes`` differs from the model's K (the classifier cannot change).
+        """
+        counts = getattr(dm, "class_counts", None)
+        if counts is None:
+            return
+        dm_k = getattr(dm, "num_classes", len(counts))
+        if dm_k != self.num_classes:
+            raise ValueError(
+                f"the datamodule has num_classes={dm_k} but the model was built with num_classes="
+                f"{self.num_classes}; build the model with num_classes=dm.num_classes"
+            )
+        counts = [int(n) for n in counts]
+        hp = self.hparams
+        many = int(getattr(dm, "many_threshold", hp.many_threshold))
+        few = int(getattr(dm, "few_threshold", hp.few_threshold))
+        if self.class_counts is not None and list(self.class_counts) != counts:
+            rank_zero_warn(
+                f"the model's class_counts {self.class_counts} differ from the datamodule's {counts}; "
+                "using the datamodule's for the shot groups"
+            )
+        if (many, few) != (hp.many_threshold, hp.few_threshold) and (hp.many_threshold, hp.few_threshold) != (
+            100,
+            20,
+        ):
+            rank_zero_warn(
+                f"the model's shot thresholds ({hp.many_threshold}, {hp.few_threshold}) differ from the "
+                f"datamodule's ({many}, {few}); using the datamodule's"
+            )
+        self.class_counts = counts
+        hp.class_counts, hp.many_threshold, hp.few_threshold = counts, many, few
+        explicit = getattr(dm, "explicit_shot_groups", None)
+        if explicit is not None:  # class-index ranges (e.g. Yang's) win over thresholds, as in the CLI link
+            hp.shot_groups = [int(g) for g in explicit]
+        if hp.get("shot_groups") is not None:
+            groups = torch.as_tensor(list(hp.shot_groups), dtype=torch.long)
+        else:
+            groups = shot_groups_from_counts(torch.as_tensor(counts), many, few)
+        for module in self.modules():
+            if isinstance(module, ShotAccuracy):
+                module.class_group = groups.to(self.device)
 
     # ---- optimisation -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -283,6 +378,9 @@ class LongTailModule(L.LightningModule):
         return [(n, p) for n, p in self.named_parameters() if id(p) in trainable]
 
     def setup(self, stage: str) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            self.adopt_datamodule(dm)
         # AGD's orthogonal init (Markou's train.py: optimiser.init_weights() before any checkpoint is
         # loaded). Lightning calls setup before restoring a fit's ckpt_path, so resumed weights win.
         if stage == "fit" and self.hparams.get("optimizer") == "agd" and not self._agd_initialized:
@@ -332,6 +430,29 @@ class LongTailModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._agd_initialized = True  # trained weights: a later fit must not re-initialise them
+
+
+#: columns of the per-class table logged at test
+PER_CLASS_COLUMNS = ("class", "train_count", "accuracy", "shot_group")
+
+
+def per_class_rows(
+    per_class_acc: Tensor, class_counts: Sequence[int] | None, class_group: Tensor | None
+) -> list[list]:
+    """Rows ``[class, train_count, accuracy, shot_group]`` (``None`` for an unknown count/group, and for
+    the accuracy of a class absent from the evaluation set)."""
+    acc = per_class_acc.detach().double().cpu().tolist()
+    groups = class_group.cpu().tolist() if class_group is not None else [None] * len(acc)
+    counts = list(class_counts) if class_counts is not None else [None] * len(acc)
+    return [
+        [
+            k,
+            None if n is None else int(n),
+            None if a != a else float(a),
+            None if g is None else SHOT_GROUP_NAMES[g],
+        ]
+        for k, (n, a, g) in enumerate(zip(counts, acc, groups))
+    ]
 
 
 def _step_lr_factor(step: int, *, steps_per_epoch: float, epoch_offset: int = 0, **kwargs) -> float:

@@ -22,6 +22,7 @@ from lt_lightning.models.base import LongTailModule, load_module_from_checkpoint
 from lt_lightning.models.sweeps import AccuracySweep
 from lt_lightning.nn.functional import ncm_transform, tau_normalize
 from lt_lightning.nn.heads import ETFHead, LinearHead, LWSHead, NCMHead, TauNormHead
+from lt_lightning.progress import progress, trainer_shows_progress
 
 __all__ = ["DecoupledModule"]
 
@@ -163,14 +164,14 @@ class DecoupledModule(LongTailModule):
         if self.hparams.ncm_center:
             total = torch.zeros(d, dtype=torch.float64, device=self.device)
             count = torch.zeros((), dtype=torch.float64, device=self.device)
-            for x, _ in loader:
+            for x, _ in progress(loader, "NCM: global mean", enabled=trainer_shows_progress(self._trainer)):
                 f = self.extract_features(x.to(self.device))
                 total += f.double().sum(0)
                 count += f.shape[0]
             mean = (self._reduce_sum(total) / self._reduce_sum(count)).float()
         sums = torch.zeros(k, d, dtype=torch.float64, device=self.device)
         counts = torch.zeros(k, dtype=torch.float64, device=self.device)
-        for x, y in loader:
+        for x, y in progress(loader, "NCM: class means", enabled=trainer_shows_progress(self._trainer)):
             y = y.to(self.device)
             f = ncm_transform(
                 self.extract_features(x.to(self.device)),
@@ -211,7 +212,7 @@ class DecoupledModule(LongTailModule):
         """Choose τ on ``loader`` (validation data) by top-1 and set it on the head."""
         was_training = self.training
         self.eval()
-        for x, y in loader:
+        for x, y in progress(loader, "tau-norm: tau sweep", enabled=trainer_shows_progress(self._trainer)):
             self._tau_sweep_update(self.extract_features(x.to(self.device)), y.to(self.device))
         self._tau_sweep_finish(log=False)
         self.train(was_training)
@@ -241,6 +242,17 @@ class DecoupledModule(LongTailModule):
 
     def on_predict_start(self) -> None:
         self._prepare_post_hoc()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A fixed ``tau`` given now (config or command line) wins over the τ stored in the checkpoint's head:
+        # evaluation options are honoured at test time (the stored base weight is the stage-1 one).
+        tau = self.hparams.tau
+        state = checkpoint.get("state_dict", {})
+        if self.hparams.mode == "tau_norm" and tau is not None and "head.base_weight" in state:
+            base = state["head.base_weight"]
+            state["head.tau"] = torch.tensor(float(tau), dtype=state["head.tau"].dtype)
+            state["head.weight"] = tau_normalize(base, float(tau)).to(base.dtype)
+            state["post_hoc_ready"] = torch.tensor(True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.tau_sweep is None:

@@ -48,7 +48,7 @@ def expected_values(state_dict, split: str) -> dict[str, float]:
     )
     acc = ShotAccuracy(len(stand_ins.COUNTS), shot_groups=dm.shot_groups)
     acc.update(logits, y)
-    out.update({k: v for k, v in acc.compute().items() if not k.endswith("_classes")})
+    out.update({k: float(v) for k, v in acc.compute().items() if not k.endswith("_classes")})
     return out
 
 

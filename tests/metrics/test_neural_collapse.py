@@ -491,7 +491,7 @@ def test_two_process_gloo_exact_and_fixed_collectives(tmp_path):
             for key, val in single.items():
                 assert got["nc"][key] == pytest.approx(val, rel=1e-10, abs=1e-12, nan_ok=True), key
             for key, val in single_acc.items():
-                assert got["acc"][key] == pytest.approx(val, rel=1e-12, nan_ok=True), key
+                assert got["acc"][key] == pytest.approx(float(val), rel=1e-12, nan_ok=True), key
         # Collectives per compute do not grow with the number of batches: 1 (freeze) and 2 (compute).
         assert res[1]["calls"] == res[9]["calls"]
         assert res[1]["calls"][:2] == (1, 2)
@@ -514,9 +514,9 @@ def test_float32_scatter_product_is_close_to_exact(groups):
         metric.set_classifier(w, b)
     e, f = exact.compute(), fast.compute()
     for key in ("nc1", "nc2_h", "nc3", "equinorm_h"):
-        assert f[key] == pytest.approx(e[key], rel=1e-5), key
+        assert f[key] == pytest.approx(float(e[key]), rel=1e-5), key
     if groups:
-        assert f["nc1/many"] == pytest.approx(e["nc1/many"], rel=1e-5, nan_ok=True)
+        assert f["nc1/many"] == pytest.approx(float(e["nc1/many"]), rel=1e-5, nan_ok=True)
 
 
 def test_product_dtype_validated():

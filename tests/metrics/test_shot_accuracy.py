@@ -121,3 +121,46 @@ def test_bad_init(args, kwargs, match):
 def test_bad_update(preds, target, match):
     with pytest.raises(ValueError, match=match):
         ShotAccuracy(3).update(preds, target)
+
+
+# ---- torchmetrics conventions: tensors from compute, plot, the functional form --------------------------
+def test_compute_returns_tensors_and_functional_agrees():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from lt_lightning.metrics.functional import shot_accuracy
+
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 5, (200,), generator=g)
+    logits = torch.randn(200, 5, generator=g) + 2.0 * torch.nn.functional.one_hot(target, 5)
+    counts = [300, 120, 50, 15, 4]
+    metric = ShotAccuracy(5, class_counts=counts)
+    for lb, tb in zip(logits.split(37), target.split(37)):
+        metric.update(lb, tb)
+    res = metric.compute()
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and v.dtype == torch.float64 for v in res.values())
+    one_shot = shot_accuracy(logits, target, 5, class_counts=counts)
+    assert set(one_shot) == set(res) and all(torch.equal(one_shot[k], res[k]) for k in res)
+    assert float(res["balanced_acc"]) == pytest.approx(balanced_accuracy_score(target, logits.argmax(1)))
+    # few = classes 3 and 4 (< 20 images): the mean of their two per-class accuracies
+    pred = logits.argmax(1)
+    few = [float((pred[target == c] == c).double().mean()) for c in (3, 4)]
+    assert float(res["few_acc"]) == pytest.approx(sum(few) / 2)
+
+
+def test_empty_group_is_nan_without_host_reads():
+    metric = ShotAccuracy(3, class_counts=[500, 50, 5])
+    metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]))  # no few-shot class in the targets
+    res = metric.compute()
+    assert torch.isnan(res["few_acc"]) and float(res["few_classes"]) == 1.0
+
+
+def test_plot_draws_a_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    metric = ShotAccuracy(3, class_counts=[500, 50, 5])
+    metric.update(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]))
+    fig, ax = metric.plot()
+    assert fig is not None and ax is not None
+    fig, _ = metric.plot([metric.compute(), metric.compute()])  # a curve over two "epochs"
+    assert len(fig.axes) >= 1
