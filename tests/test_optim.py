@@ -112,6 +112,25 @@ def test_zero_gradient_slice_does_not_move_and_closure_loss_is_returned():
     assert torch.isfinite(w).all()
 
 
+def test_gradscaler_step_equals_the_unscaled_step():
+    # precision 16-mixed: Lightning calls scaler.step(optimizer) after scaling the loss; AGD sees the
+    # unscaled gradients (and its normalised update would not care about the scale anyway)
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    b = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    opt_a, opt_b = AGD(a.parameters(), gain=10.0), AGD(b.parameters(), gain=10.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    nn.functional.cross_entropy(a(x), y).backward()
+    opt_a.step()
+    scaler.scale(nn.functional.cross_entropy(b(x), y)).backward()
+    scaler.step(opt_b)
+    scaler.update()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+
+
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5), (8, 4, 3, 3), (4, 8, 1, 1), (6, 6, 7, 7)])
 def test_orthogonal_init_singular_values(shape):
     torch.manual_seed(0)
@@ -186,6 +205,7 @@ def _agd_module(dm, **kwargs) -> ImplicitETFModule:
     return ImplicitETFModule(**args)
 
 
+@pytest.mark.slow
 def test_module_agd_initialises_at_fit_setup_and_trains(tmp_path):
     torch.manual_seed(0)
     dm = synthetic_dm()
@@ -207,6 +227,7 @@ def test_module_agd_initialises_at_fit_setup_and_trains(tmp_path):
     assert val["val/acc"] > 0.6
 
 
+@pytest.mark.slow
 def test_resumed_and_loaded_agd_weights_are_not_reinitialised(tmp_path):
     torch.manual_seed(0)
     dm = synthetic_dm()
