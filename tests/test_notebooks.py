@@ -11,7 +11,12 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
 def test_notebooks_exist():
-    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_neural_collapse", "03_decoupling"]
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_quickstart",
+        "02_neural_collapse",
+        "03_decoupling",
+        "04_minority_collapse",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
