@@ -29,7 +29,15 @@ import torch
 from torch import Tensor
 from torchvision import transforms as T
 
-__all__ = ["PIPELINES", "AugmentSpec", "DeviceLoader", "augment_batch", "pad_images", "spec_from_transform"]
+__all__ = [
+    "PIPELINES",
+    "AugmentSpec",
+    "DeviceLoader",
+    "augment_batch",
+    "normalisation_affine",
+    "pad_images",
+    "spec_from_transform",
+]
 
 #: Values of the datamodules' ``pipeline`` argument.
 PIPELINES = ("dataloader", "device")
@@ -92,6 +100,7 @@ def augment_batch(
     *,
     indices: Tensor | None = None,
     padded: bool = False,
+    affine: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Crop, flip and normalise a batch of uint8 images: one gather, one conversion, one affine pass.
 
@@ -105,6 +114,8 @@ def augment_batch(
         indices: ``[B]`` rows of ``images`` to use (default: all, in order).
         padded: ``images`` already carry the zero border of width ``p`` (:func:`pad_images`), so
             no per-batch padding copy is made.
+        affine: the normalisation's ``(scale, shift)`` from :func:`normalisation_affine` (computed
+            here when None; a loader passes them once instead of a host-to-device copy per batch).
 
     Returns:
         ``[B, C, H, W]`` float32 on ``images``' device. Normalisation is ``x · (1 / (255 std)) −
@@ -131,12 +142,20 @@ def augment_batch(
         crop = x.index_select(0, sample) if indices is not None else x
     out = torch.empty(b, crop.shape[3], h, w, device=dev)
     out.copy_(crop.permute(0, 3, 1, 2))  # uint8 -> float32 and NHWC -> NCHW in one pass
-    c = out.shape[1]
-    mean = torch.tensor(spec.mean or (0.0,) * c, dtype=torch.float64)
-    std = torch.tensor(spec.std or (1.0,) * c, dtype=torch.float64)
-    scale = (1.0 / (255.0 * std)).float().to(dev)[None, :, None, None]
-    shift = (-mean / std).float().to(dev)[None, :, None, None]
+    scale, shift = affine if affine is not None else normalisation_affine(spec, out.shape[1], dev)
     return torch.addcmul(shift, out, scale, out=out)
+
+
+def normalisation_affine(spec: AugmentSpec, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``ToTensor`` + ``Normalize`` as ``x · scale + shift``: ``[1, C, 1, 1]`` float32 each.
+
+    ``scale = 1 / (255 std)`` and ``shift = −mean / std`` are formed in float64 and rounded once.
+    """
+    mean = torch.tensor(spec.mean or (0.0,) * channels, dtype=torch.float64)
+    std = torch.tensor(spec.std or (1.0,) * channels, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std)).float().to(device)[None, :, None, None]
+    shift = (-mean / std).float().to(device)[None, :, None, None]
+    return scale, shift
 
 
 def pad_images(images: Tensor, padding: int) -> Tensor:
@@ -187,6 +206,7 @@ class DeviceLoader:
                 self.data = self.data[..., None]
             if spec.crop_padding:  # the zero border once for the whole set, not per batch
                 self.data = pad_images(self.data, spec.crop_padding)
+            self._affine = normalisation_affine(spec, self.data.shape[-1], self.device)
         if not self.is_image and (spec.crop_padding or spec.flip or spec.mean):
             raise ValueError(f"augmentation {spec} needs uint8 images, got {self.data.dtype} data")
         self.targets = torch.as_tensor(targets, dtype=torch.long).to(self.device)
@@ -228,6 +248,7 @@ class DeviceLoader:
                     None if flips is None else flips[sel],
                     indices=idx,
                     padded=True,
+                    affine=self._affine,
                 )
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
