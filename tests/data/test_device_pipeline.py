@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -221,3 +223,31 @@ def test_fit_with_device_pipeline_resumes_exactly(tmp_path):
     )
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_fit_with_device_pipeline_and_bf16(tmp_path, monkeypatch):
+    """``lt-lightning fit --data.pipeline device --trainer.precision bf16-mixed`` end to end (digits-LT)."""
+    from pathlib import Path
+
+    from lt_lightning.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).parents[2] / "configs"
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(configs / "digits_lt/implicit_etf.yaml"),
+            "--data.pipeline",
+            "device",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+        ]
+    )
+    assert isinstance(cli.trainer.train_dataloader, DeviceLoader)
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
