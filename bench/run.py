@@ -67,20 +67,29 @@ def _rows(obj: object) -> list[dict]:
     return []
 
 
-def _markdown(part: str, rows: list[dict]) -> str:
-    lines = [f"## {part}", ""]
-    if not rows:
-        return "\n".join([*lines, "(no rows)", ""])
+def _table(rows: list[dict]) -> list[str]:
     keys = [k for k in rows[0] if not isinstance(rows[0][k], (float, dict, list))]
     figures = [k for k in rows[0] if any(w in k for w in _FIGURE_WORDS) and isinstance(rows[0][k], float)]
-    lines.append("| " + " | ".join(keys + figures) + " |")
-    lines.append("|" + "---|" * (len(keys) + len(figures)))
+    lines = ["| " + " | ".join(keys + figures) + " |", "|" + "---|" * (len(keys) + len(figures))]
     for r in rows:
         cells = [str(r.get(k, "")) for k in keys] + [
             f"{r[k]:.3g}" if isinstance(r.get(k), float) else "" for k in figures
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([*lines, ""])
+    return [*lines, ""]
+
+
+def _markdown(part: str, rows: list[dict]) -> str:
+    """One table per kind of row (rows with the same keys), identifying columns then the ratios."""
+    lines = [f"## {part}", ""]
+    if not rows:
+        return "\n".join([*lines, "(no rows)", ""])
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r), []).append(r)
+    for group in groups.values():
+        lines += _table(group)
+    return "\n".join(lines)
 
 
 def main() -> None:
