@@ -209,7 +209,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--oneshot-only", action="store_true", help="only the one-shot function vs GEMM")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = (4096, 128, 20) if args.quick else (50_000, 512, 100)
     oneshot = run_oneshot(*size, repeats=2 if args.quick else 5)
     print(
