@@ -133,3 +133,18 @@ def test_sixteen_mixed_on_cuda(tmp_path, cls):
     trainer = cpu_trainer(tmp_path, max_epochs=2, precision="16-mixed", accelerator="cuda")
     trainer.fit(model, datamodule=dm)
     assert math.isfinite(float(trainer.callback_metrics["train/loss"])) and _finite(model)
+
+
+def test_dot_regression_loss_stays_float32_under_autocast():
+    dm = synthetic_dm()
+    model = FixedETFModule(**model_kwargs(dm))
+    etf = model.head.etf
+    y = torch.arange(8) % dm.num_classes
+    feats = (etf[y] * 3.0 + 1e-3 * torch.randn(8, etf.shape[1])).requires_grad_(True)  # near collapse
+    h16 = feats.detach().bfloat16()  # what a bfloat16 backbone hands over
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.compute_loss(None, h16, y, y)
+    assert got.dtype == torch.float32
+    # the same values in float32 give the same loss: no norm or product was rounded to bfloat16 (a
+    # bfloat16 ‖h‖ moves h·w − ‖w‖‖h‖, a difference of nearly equal terms, by far more than 1e-6)
+    torch.testing.assert_close(got, model.compute_loss(None, h16.float(), y, y), rtol=1e-6, atol=0)
