@@ -125,7 +125,9 @@ class ETFHead(nn.Module):
 
     The ETF (:func:`~lt_lightning.nn.functional.simplex_etf`, seeded by ``seed`` through a local
     generator) is the frozen buffer ``etf`` and is also ``weight``. ``bias`` is a zero-initialised
-    parameter with ``learnable_bias`` (Zhu), else ``None``. Logits ``h @ etf.T + bias``.
+    parameter with ``learnable_bias`` (Zhu), else ``None``. Logits ``h @ etf.T + bias``. The ETF
+    buffer stays float32 under mixed precision (autocast multiplies a half-precision copy), so the
+    geometry itself is never rounded.
 
     Args:
         in_features: d >= K - 1.
