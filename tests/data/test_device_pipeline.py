@@ -251,3 +251,40 @@ def test_cli_fit_with_device_pipeline_and_bf16(tmp_path, monkeypatch):
     )
     assert isinstance(cli.trainer.train_dataloader, DeviceLoader)
     assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_device_pipeline_under_real_ddp_takes_the_samplers_slices(tmp_path):
+    """2-process CPU DDP: each rank's DeviceLoader yields exactly its contiguous slice of the epoch."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lt_lightning.data.samplers import ClassBalancedSampler
+    from tests.data.test_samplers import reference_padded_order
+
+    repo = Path(__file__).resolve().parents[2]
+    launcher_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    script = repo / "tests" / "data" / "ddp_sampler_script.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "device"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank, record in enumerate(records):
+        assert record["sampler_world"] == [2, rank] and record["used_sampler"] == "ClassBalancedSampler"
+    reference = ClassBalancedSampler(records[0]["labels"], seed=records[0]["seed"])
+    for epoch in ("0", "1"):
+        together = records[0]["epochs"][epoch] + records[1]["epochs"][epoch]
+        assert together == reference_padded_order(reference.global_indices(int(epoch)).tolist(), 2)
+    assert records[0]["epochs"]["0"] != records[0]["epochs"]["1"]  # set_epoch reached the sampler
