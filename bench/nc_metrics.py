@@ -15,7 +15,12 @@ per-sample adds, then ``Σ_W += (h − μ)(h − μ)ᵀ`` per sample, then ``pin
 the loop runs on a subset and is extrapolated linearly to ``N`` (the pinv is timed once). Memory: bytes
 of the metric's states, against the ``N·d`` float64 bytes a feature cache would hold.
 
-Usage: ``python bench/nc_metrics.py [--quick]``; writes ``bench/results/nc_metrics.json``.
+One-shot section (first): ``neural_collapse(features, labels, weight, bias)`` on float32 features
+(the float32 GEMM path) and with ``precision="float64"``, each as a ratio to one float32
+``features.T @ features`` in the same process, plus the largest relative difference of the float32
+path from the float64 one on large-offset, near-collapse and long-tailed inputs.
+
+Usage: ``python bench/nc_metrics.py [--quick] [--oneshot-only]``; writes ``bench/results/nc_metrics.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import scipy.linalg
 import torch
 
 from lt_lightning.data.profiles import long_tail_counts
-from lt_lightning.metrics import NeuralCollapse
+from lt_lightning.metrics import NeuralCollapse, neural_collapse
 
 
 def _best(fn, repeats: int) -> float:
@@ -149,10 +154,73 @@ def run_config(
     }
 
 
+def _oneshot_case(kind: str, n: int, d: int, k: int, seed: int = 1):
+    """Held-out-style inputs: a large common offset, near-collapse, or long tails (float32 features)."""
+    g = torch.Generator().manual_seed(seed)
+    ratio = 100 if kind == "long_tail" else 1
+    counts = torch.tensor(long_tail_counts(k, 1000, ratio), dtype=torch.float64)
+    labels = torch.multinomial(counts, n, replacement=True, generator=g)
+    means = torch.randn(k, d, generator=g, dtype=torch.float64)
+    spread = {"near_collapse": 1e-3, "large_offset": 0.1}.get(kind, 0.5)
+    h = means[labels] + spread * torch.randn(n, d, generator=g, dtype=torch.float64)
+    if kind == "large_offset":
+        h = h + 1e3 * torch.randn(d, generator=g, dtype=torch.float64)
+    return h.float(), labels, torch.randn(k, d, generator=g), torch.randn(k, generator=g)
+
+
+def run_oneshot(n: int, d: int, k: int, repeats: int) -> dict:
+    """``neural_collapse(features, labels, weight, bias)`` on float32 features vs one float32 GEMM.
+
+    Times are the best of ``repeats`` interleaved runs; accuracy is the largest relative difference
+    of any metric from ``precision="float64"`` over three kinds of inputs of the same size.
+    """
+    feats, labels, weight, _ = _data(n, d, k)
+    bias = torch.randn(k)
+    best = {"gemm32": float("inf"), "nc_f32": float("inf"), "nc_f64": float("inf")}
+    for _ in range(repeats):
+        for name, fn in (
+            ("gemm32", lambda: feats.T @ feats),
+            ("nc_f32", lambda: neural_collapse(feats, labels, weight, bias)),
+            ("nc_f64", lambda: neural_collapse(feats, labels, weight, bias, precision="float64")),
+        ):
+            best[name] = min(best[name], _best(fn, 1))
+    errors = {}
+    for kind in ("large_offset", "near_collapse", "long_tail"):
+        h, y, w, b = _oneshot_case(kind, n, d, k)
+        fast = neural_collapse(h, y, w, b)
+        exact = neural_collapse(h, y, w, b, precision="float64")
+        errors[kind] = max(
+            abs(fast[key] - ref) / abs(ref) for key, ref in exact.items() if ref == ref and ref != 0
+        )
+    return {
+        "N": n,
+        "d": d,
+        "K": k,
+        "gemm_f32_s": best["gemm32"],
+        "oneshot_f32_s": best["nc_f32"],
+        "oneshot_f64_s": best["nc_f64"],
+        "ratio_f32_vs_gemm_f32": best["nc_f32"] / best["gemm32"],
+        "ratio_f64_vs_gemm_f32": best["nc_f64"] / best["gemm32"],
+        "max_rel_diff_vs_f64": errors,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--oneshot-only", action="store_true", help="only the one-shot function vs GEMM")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = (4096, 128, 20) if args.quick else (50_000, 512, 100)
+    oneshot = run_oneshot(*size, repeats=2 if args.quick else 5)
+    print(
+        f"one-shot neural_collapse N={size[0]} d={size[1]} K={size[2]}: gemm32 {oneshot['gemm_f32_s']:.3f} s, "
+        f"float32 path {oneshot['oneshot_f32_s']:.3f} s ({oneshot['ratio_f32_vs_gemm_f32']:.2f}x), "
+        f"float64 path {oneshot['oneshot_f64_s']:.3f} s ({oneshot['ratio_f64_vs_gemm_f32']:.2f}x); "
+        f"max rel diff vs float64 {oneshot['max_rel_diff_vs_f64']}"
+    )
     if args.quick:
         configs = [(2048, 64, 10, 512, 256, False, "f64"), (2048, 64, 10, 512, 256, True, "f32")]
         repeats = 1
@@ -166,6 +234,8 @@ def main() -> None:
             (20_000, 2048, 1000, 512, 200, False, "f32"),
         ]
         repeats = 3
+    if args.oneshot_only:
+        configs = []
     rows = [run_config(*cfg[:6], repeats=repeats, product=cfg[6]) for cfg in configs]
     header = (
         f"{'N':>6} {'d':>5} {'K':>5} {'grp':>4} {'prod':>4} {'gemm32':>8} {'gemm64':>8} {'update':>8} {'compute':>8} "
@@ -190,7 +260,9 @@ def main() -> None:
         "note": "times are best of repeats in seconds; loop = per-sample reference on a subset, extrapolated "
         "linearly to N (+ one scipy pinv of the d x d Sigma_B); ratios = (update + compute) / one GEMM",
     }
-    (out / "nc_metrics.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "nc_metrics.json").write_text(
+        json.dumps({"meta": meta, "oneshot": oneshot, "rows": rows}, indent=2)
+    )
     print(f"wrote {out / 'nc_metrics.json'}")
 
 

@@ -31,6 +31,7 @@ from lt_lightning.data.datasets import (
     read_stl10,
     read_svhn,
 )
+from lt_lightning.data.device_pipeline import PIPELINES, DeviceLoader, spec_from_transform
 from lt_lightning.data.profiles import PROFILES, long_tail_counts, shot_groups
 from lt_lightning.data.samplers import BATCH_SAMPLERS, SAMPLERS, DistributedEvalSampler, build_sampler
 from lt_lightning.data.splits import long_tail_split
@@ -79,10 +80,16 @@ class LongTailDataModule(L.LightningDataModule):
         sampler_epochs: T of the ``"progressive"`` sampler (default: the trainer's ``max_epochs``).
         seed: seed of the split and of the sampler order.
         many_threshold, few_threshold: shot-group thresholds (many > many, few < few).
+        pipeline: ``"dataloader"`` (default: torchvision transforms in a DataLoader) or ``"device"``
+            (in-memory datasets only: the data move once to the training device and each training
+            batch is gathered and augmented there, see :mod:`lt_lightning.data.device_pipeline`;
+            same samplers, same augmentation distribution).
     """
 
     num_classes: int
     class_counts: list[int]
+    #: whether the training set is in memory, so that ``pipeline="device"`` can hold it on the device
+    supports_device_pipeline: bool = True
 
     def __init__(
         self,
@@ -102,8 +109,13 @@ class LongTailDataModule(L.LightningDataModule):
         many_threshold: int = 100,
         few_threshold: int = 20,
         shot_group_boundaries: Sequence[int] | None = None,
+        pipeline: str = "dataloader",
     ) -> None:
         super().__init__()
+        if pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {pipeline!r}; valid pipelines: {', '.join(PIPELINES)}")
+        if pipeline == "device" and not self.supports_device_pipeline:
+            raise ValueError(f"{type(self).__name__} reads images from disk; use pipeline='dataloader'")
         if shot_group_boundaries is not None:
             b = list(shot_group_boundaries)
             if (
@@ -143,6 +155,7 @@ class LongTailDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.many_threshold = many_threshold
         self.few_threshold = few_threshold
+        self.pipeline = pipeline
         self.train_dataset: Dataset | None = None
         self.train_eval_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
@@ -271,12 +284,32 @@ class LongTailDataModule(L.LightningDataModule):
             )
         return self.global_batch_size // world
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
+        if self.pipeline == "device":
+            return self._device_train_loader()
         return self._loader(
             self.train_dataset_or_setup(),
             self.train_batch_size(),
             self.build_train_sampler(),
             drop_last=self.drop_last,
+        )
+
+    def _device_train_loader(self) -> DeviceLoader:
+        dataset = self.train_dataset_or_setup()
+        data = getattr(dataset, "images", getattr(dataset, "inputs", None))
+        if data is None:
+            raise ValueError(f"pipeline='device' needs an in-memory dataset, got {type(dataset).__name__}")
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return DeviceLoader(
+            data,
+            dataset.targets,
+            self.build_train_sampler(),
+            self.train_batch_size(),
+            spec_from_transform(dataset.transform),
+            device,
+            drop_last=self.drop_last,
+            seed=self.seed,
         )
 
     def train_dataset_or_setup(self) -> Dataset:
@@ -673,6 +706,7 @@ class _SplitFileLTDataModule(LongTailDataModule):
     checked to exist in ``setup``.
     """
 
+    supports_device_pipeline = False
     default_num_classes: int = 1000
     default_files: tuple[str, str, str] = ("", "", "")
     color_jitter: bool = True

@@ -79,6 +79,17 @@ class LongTailModule(L.LightningModule):
         milestones, milestone_factors: multistep epochs and the cumulative lr factors from them on.
         mixup_alpha: mixup's Beta(α, α) (0 = off); labels are mixed in the loss.
         seed: seed of the module's own randomness (mixup).
+        channels_last: keep the backbone's weights and its image inputs in ``torch.channels_last``
+            memory format (faster convolutions under mixed precision on GPUs; the values are the same).
+        compile_backbone: wrap the backbone in ``torch.compile`` (at ``setup``; the state-dict keys
+            stay those of the plain backbone).
+
+    Mixed precision (``--trainer.precision bf16-mixed`` / ``16-mixed``) works for every method: the
+    backbone and the plain linear heads run under autocast, while the pieces where precision matters
+    stay wider whatever the autocast dtype: the fixed ETF buffer and all parameters are float32
+    (autocast casts copies), the implicit ETF's class means, nearest-ETF solve and its backward are
+    float32 (``lt_lightning.nn.nearest_etf``), TDE's causal-norm head normalises in float32, and the
+    decoupled stage's NCM / tau statistics and the NC metrics accumulate in float64.
     """
 
     def __init__(
@@ -109,6 +120,8 @@ class LongTailModule(L.LightningModule):
         milestone_factors: Sequence[float] = (),
         mixup_alpha: float = 0.0,
         seed: int = 0,
+        channels_last: bool = False,
+        compile_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -172,6 +185,9 @@ class LongTailModule(L.LightningModule):
             for name, param in self.backbone.named_parameters():
                 param.requires_grad_(name.startswith(prefixes))
         self.feature_dim = int(self.backbone.out_features)
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self._compiled_backbone: nn.Module | None = None
         self.neck = FeatureNeck(self.feature_dim, neck, scale=feature_scale)
         self.head = self.build_head(self.feature_dim, num_classes)
         if shot_groups is not None and len(shot_groups) != num_classes:
@@ -208,7 +224,10 @@ class LongTailModule(L.LightningModule):
     # ---- the head protocol (NC callback, stage 2) --------------------------------------------------
     def extract_features(self, x: Tensor) -> Tensor:
         """``[N, d]`` features: the classifier's input (after the neck)."""
-        return self.neck(self.backbone(x))
+        if self.hparams.get("channels_last") and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        backbone = self._compiled_backbone if self._compiled_backbone is not None else self.backbone
+        return self.neck(backbone(x))
 
     def forward_head(self, features: Tensor) -> Tensor:
         """``[N, K]`` logits used for prediction."""
@@ -388,6 +407,10 @@ class LongTailModule(L.LightningModule):
             check_agd_parameters(named)
             agd_orthogonal_init_(p for _, p in named)
             self._agd_initialized = True
+        # torch.compile wraps a reference to the backbone, so parameters, state-dict keys and
+        # checkpoints are those of the plain module; the compiled callable is used for the forward.
+        if self.hparams.get("compile_backbone") and self._compiled_backbone is None:
+            object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))  # not a submodule
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -3,6 +3,7 @@ Zhu et al. NeurIPS 2021)."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -70,11 +71,14 @@ class FixedETFModule(LongTailModule):
         hp = self.hparams
         if hp.loss == "ce":
             return F.cross_entropy(logits / hp.temperature, targets)
-        return dot_regression_loss(
-            features,
-            self.head.etf,
-            targets,
-            class_balanced=hp.class_balanced,
-            reg_lambda=hp.reg_lambda,
-            count_labels=count_labels,
-        )
+        # The DR loss subtracts two nearly equal terms (h·w − ‖w‖‖h‖) as features collapse onto the ETF:
+        # it runs in float32 (autocast off) even when the backbone runs in bfloat16/float16.
+        with torch.autocast(features.device.type, enabled=False):
+            return dot_regression_loss(
+                features.to(torch.promote_types(features.dtype, torch.float32)),
+                self.head.etf,
+                targets,
+                class_balanced=hp.class_balanced,
+                reg_lambda=hp.reg_lambda,
+                count_labels=count_labels,
+            )

@@ -113,7 +113,10 @@ class ImplicitETFModule(LongTailModule):
     def on_train_features(self, features: Tensor, targets: Tensor) -> None:
         tracked = self.class_means(features, targets)
         q = self._solve(tracked.normalized)
-        w, b = etf_classifier_from_q(q.to(features.dtype), tracked.global_mean.to(features.dtype))
+        # W, b stay in float32 (float64 for float64 features): the stored head must not be rounded to a
+        # half type; forward_head casts them to the features' dtype for the product.
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        w, b = etf_classifier_from_q(q.to(dtype), tracked.global_mean.to(dtype))
         with torch.no_grad():
             self.head.weight.copy_(w)
             self.head.bias.copy_(b)
@@ -123,7 +126,7 @@ class ImplicitETFModule(LongTailModule):
         if self.training and self._train_classifier is not None:
             w, b = self._train_classifier
             self._train_classifier = None  # used once: the graph belongs to this batch only
-            return features @ w.T + b
+            return features @ w.T.to(features.dtype) + b.to(features.dtype)
         return self.head(features)
 
     def on_train_start(self) -> None:

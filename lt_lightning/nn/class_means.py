@@ -137,7 +137,8 @@ class ClassMeanTracker(nn.Module):
             ``(0, 1]``.
         min_momentum: the floor of ``alpha_t`` (default ``1e-4``).
         dtype: dtype of the buffers (moved by ``module.to``); updates compute in the wider of this and
-            the features' dtype.
+            the features' dtype, so bfloat16/float16 features under mixed precision are averaged in
+            float32 (a half-precision running mean would stall: its updates fall below one ulp).
         process_group: the group to reduce over under DDP (default: the world).
 
     Example:

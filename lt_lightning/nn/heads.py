@@ -126,7 +126,9 @@ class ETFHead(nn.Module):
 
     The ETF (:func:`~lt_lightning.nn.functional.simplex_etf`, seeded by ``seed`` through a local
     generator) is the frozen buffer ``etf`` and is also ``weight``. ``bias`` is a zero-initialised
-    parameter with ``learnable_bias`` (Zhu), else ``None``. Logits ``h @ etf.T + bias``.
+    parameter with ``learnable_bias`` (Zhu), else ``None``. Logits ``h @ etf.T + bias``. The ETF
+    buffer stays float32 under mixed precision (autocast multiplies a half-precision copy), so the
+    geometry itself is never rounded.
 
     Args:
         in_features: d >= K - 1.
@@ -232,7 +234,7 @@ class CausalNormHead(nn.Module):
         sync), so every rank holds the same ``embed``.
         """
         _check_input(features, self.in_features)
-        mean = features.detach().mean(0).to(self.embed.dtype)
+        mean = features.detach().to(self.embed.dtype).mean(0)  # averaged in float32 under mixed precision
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(mean, op=dist.ReduceOp.SUM)
             mean /= dist.get_world_size()
@@ -240,14 +242,19 @@ class CausalNormHead(nn.Module):
 
     def _parts(self, features: Tensor, with_embed: bool) -> tuple[Tensor, Tensor | None]:
         _check_input(features, self.in_features)
-        return LF.causal_norm_logit_parts(
-            features,
-            self.weight,
-            num_heads=self.num_heads,
-            tau=self.tau,
-            gamma=self.gamma,
-            embed=self.embed if with_embed else None,
-        )
+        # The per-head normalisations and the tau-scaled cosine products run in float32 even under
+        # mixed precision: a bfloat16 cosine (8 mantissa bits) times tau = 16 moves logits by ~0.06,
+        # and the head is a [N, d] x [d, K] product, small next to the backbone.
+        dtype = torch.promote_types(features.dtype, self.weight.dtype)
+        with torch.autocast(features.device.type, enabled=False):
+            return LF.causal_norm_logit_parts(
+                features.to(dtype),
+                self.weight.to(dtype),
+                num_heads=self.num_heads,
+                tau=self.tau,
+                gamma=self.gamma,
+                embed=self.embed.to(dtype) if with_embed else None,
+            )
 
     def forward(self, features: Tensor, *, counterfactual: bool | None = None) -> Tensor:
         """Causal-norm logits; TDE logits (with ``self.alpha``) when ``counterfactual``.

@@ -349,7 +349,8 @@ class _NearestSimplexETF(torch.autograd.Function):
     def backward(ctx, grad_q):
         u, s, v = ctx.saved_tensors
         k = u.shape[0]
-        grad_g = polar_factor_backward(grad_q.to(u.dtype), u, s, v)
+        with torch.autocast(u.device.type, enabled=False):  # in the forward's float32/float64
+            grad_g = polar_factor_backward(grad_q.to(u.dtype), u, s, v)
         grad_means = grad_prox = None
         if ctx.needs_input_grad[0]:
             grad_means = _centre_rows(grad_g) * (2.0 / math.sqrt(k - 1))
@@ -376,12 +377,17 @@ def solve_nearest_etf(
         ``prox``, by ``delta * Gbar``, should it require grad).
     """
     _validate(means, prox, init, delta, solver, max_iterations)
+    # Mixed precision: the SVD, the polar factor and its adjoint (divisions by s_i + s_j) need float32
+    # at least, so half-precision means are promoted and autocast is off inside (forward and backward);
+    # Q comes back in float32 (float64 for float64 means) and the caller's autocast casts it where used.
+    means = means.to(torch.promote_types(means.dtype, torch.float32))
     if prox is not None:
         prox = prox.to(device=means.device, dtype=means.dtype)
     stats: dict = {}
-    q = _NearestSimplexETF.apply(
-        means, prox, float(delta), solver, max_iterations, init, min_gradient_norm, max_time, stats
-    )
+    with torch.autocast(means.device.type, enabled=False):
+        q = _NearestSimplexETF.apply(
+            means, prox, float(delta), solver, max_iterations, init, min_gradient_norm, max_time, stats
+        )
     return NearestETFResult(
         q=q,
         solver=solver,

@@ -1,6 +1,7 @@
 """Helper for ``tests/data/test_samplers.py``: a real 2-process CPU DDP run with ClassBalancedSampler.
 
-Usage: ``python tests/data/ddp_sampler_script.py OUT_DIR``. Lightning's ``strategy="ddp"`` re-launches
+Usage: ``python tests/data/ddp_sampler_script.py OUT_DIR [device]`` (``device``: the batches come from
+a :class:`~lt_lightning.data.device_pipeline.DeviceLoader` over the same sampler). Lightning's ``strategy="ddp"`` re-launches
 this script for rank 1. Every rank writes ``OUT_DIR/rank{r}.json`` with the sample indices it saw in
 each epoch (read back from the batches, in order), the labels and seed of the sampler, the world size
 the sampler resolved from ``torch.distributed`` and the class of the sampler Lightning actually used.
@@ -16,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lt_lightning.data.device_pipeline import AugmentSpec, DeviceLoader
 from lt_lightning.data.samplers import ClassBalancedSampler
 
 # Long-tailed, N = 45 (odd, so rank slices need one padded sample), 6 classes incl. one of size 3.
@@ -48,6 +50,10 @@ class RecordingModule(L.LightningModule):
         # Built here, after Lightning initialised the process group: num_replicas / rank come from it.
         sampler = ClassBalancedSampler(LABELS, seed=SEED)
         self.sampler_world = (sampler.num_replicas, sampler.rank)
+        if len(sys.argv) > 2 and sys.argv[2] == "device":
+            n = len(LABELS)
+            data = (torch.arange(n, dtype=torch.float32) / n)[:, None]
+            return DeviceLoader(data, torch.arange(n), sampler, BATCH_SIZE, AugmentSpec(), self.device)
         return DataLoader(IndexDataset(len(LABELS)), batch_size=BATCH_SIZE, sampler=sampler)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
