@@ -93,6 +93,20 @@ def _rank_zero_buffers(pl_module: torch.nn.Module) -> Iterator[None]:
             b.data.copy_(old)
 
 
+def _local_log_dir(trainer: Trainer) -> str | None:
+    """``trainer.log_dir`` without its broadcast, for code that runs on global rank zero only.
+
+    ``Trainer.log_dir`` broadcasts the directory from rank 0, a collective: called on one rank of a
+    DDP job it waits forever for the others (the CSV-logger figures hung 2-process runs this way).
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if not trainer.loggers:
+        return trainer.default_root_dir
+    first = trainer.loggers[0]
+    return first.log_dir if isinstance(first, (TensorBoardLogger, CSVLogger)) else first.save_dir
+
+
 class NeuralCollapseCallback(Callback):
     """Measure NC1–NC4 (overall and many/medium/few) and shot accuracy every ``every_n_epochs`` epochs.
 
@@ -300,8 +314,9 @@ class NeuralCollapseCallback(Callback):
         for logger in wandb_loggers:
             for key, fig in figures.items():
                 logger.log_image(key=key, images=[plots.figure_to_array(fig)], step=trainer.global_step)
-        if not wandb_loggers and trainer.loggers and trainer.log_dir is not None:
-            out = os.path.join(trainer.log_dir, "nc_figures")
+        log_dir = _local_log_dir(trainer)
+        if not wandb_loggers and trainer.loggers and log_dir is not None:
+            out = os.path.join(log_dir, "nc_figures")
             os.makedirs(out, exist_ok=True)
             for key, fig in figures.items():
                 name = key.removeprefix("nc/").replace("/", "_")

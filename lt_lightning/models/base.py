@@ -8,6 +8,8 @@ balanced and many/medium/few accuracy, the head protocol read by the NC callback
 from __future__ import annotations
 
 import importlib
+import re
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -193,10 +195,12 @@ class LongTailModule(L.LightningModule):
         else:
             loss = self.compute_loss(logits, features, y, y)
         # not on the progress bar: that would read the loss back to the host every step
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP the logged values are means over all ranks' samples (an all-reduce, no
+        # host sync; a no-op on one process)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         if alpha == 0:
             acc = (logits.argmax(dim=1) == y).float().mean()
-            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
+            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     # ---- evaluation ---------------------------------------------------------------------------------
@@ -216,9 +220,18 @@ class LongTailModule(L.LightningModule):
 
     def _log_shot_metrics(self, metrics: ShotAccuracy, prefix: str) -> dict[str, Tensor]:
         values = metrics.compute()  # reduced across ranks by torchmetrics: identical everywhere
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        self.log_reduced({f"{prefix}/{k}": v for k, v in values.items()})
         metrics.reset()
         return values
+
+    def log_reduced(self, values: dict[str, Tensor | float]) -> None:
+        """Log epoch-level values that are already identical on every rank (a metric's ``compute``).
+
+        ``sync_dist=False`` (another reduction would only cost a collective), and Lightning's advice to
+        sync exactly these names is silenced so that users are not told their numbers are per-rank.
+        """
+        _silence_sync_dist_advice(list(values))
+        self.log_dict(values, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_shot_metrics(self.val_metrics, "val")
@@ -265,6 +278,17 @@ class LongTailModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def _silence_sync_dist_advice(names: Sequence[str]) -> None:
+    """Silence Lightning's advice to pass ``sync_dist=True`` for exactly these already-reduced values.
+
+    Lightning warns on every distributed epoch-level ``self.log(..., sync_dist=False)``; for a value a
+    torchmetrics ``compute`` has already reduced over ranks the advice is wrong (syncing again would only
+    cost a collective), and it tells users their numbers are not global.
+    """
+    pattern = "|".join(re.escape(n) for n in names)
+    warnings.filterwarnings("ignore", message=rf".*self\.log\('({pattern})'.*sync_dist=True")
 
 
 def _step_lr_factor(step: int, *, steps_per_epoch: float, **kwargs) -> float:

@@ -202,9 +202,8 @@ class DecoupledModule(LongTailModule):
         results = self.tau_sweep.compute()
         best = self.tau_sweep.best(results)
         if log:
-            for value, res in zip(self.tau_sweep.values, results):
-                self.log(f"val/tau_norm/acc@{value:g}", res["acc"])
-            self.log("val/tau_norm/best_tau", self.tau_sweep.values[best])
+            swept = {f"val/tau_norm/acc@{v:g}": res["acc"] for v, res in zip(self.tau_sweep.values, results)}
+            self.log_reduced({**swept, "val/tau_norm/best_tau": self.tau_sweep.values[best]})
         self.head.set_tau(self.tau_sweep.values[best])
         self.post_hoc_ready.fill_(True)
         self.tau_sweep.reset()
@@ -250,5 +249,5 @@ class DecoupledModule(LongTailModule):
         if self.tau_sweep is None:
             return super().on_validation_epoch_end()
         chosen = self._tau_sweep_finish(log=True)
-        self.log_dict({f"val/{k}": v for k, v in chosen.items()})
+        self.log_reduced({f"val/{k}": v for k, v in chosen.items()})
         self.val_metrics.reset()
