@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 import lt_lightning.callbacks
 import lt_lightning.data.datamodules
 import lt_lightning.models  # noqa: F401
+from lt_lightning.callbacks.finite import FiniteGuard
 from lt_lightning.callbacks.wandb_config import SaveConfigToLoggers
 from lt_lightning.data.datamodules import LongTailDataModule
 from lt_lightning.models.base import LongTailModule
@@ -56,7 +57,11 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LTLightnin
         subclass_mode_data=True,
         save_config_callback=SaveConfigToLoggers,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"logger": default_logger()},
+        trainer_defaults={
+            "logger": default_logger(),
+            "callbacks": [FiniteGuard()],
+            "plugins": [{"class_path": "lt_lightning.checkpoints.AtomicCheckpointIO"}],
+        },
         auto_configure_optimizers=False,
         args=args,
         run=run,

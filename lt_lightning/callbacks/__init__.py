@@ -1,6 +1,7 @@
-"""Lightning callbacks: neural-collapse measurement and W&B config logging."""
+"""Lightning callbacks: neural-collapse measurement, the non-finite guard and W&B config logging."""
 
+from lt_lightning.callbacks.finite import FiniteGuard, NonFiniteError
 from lt_lightning.callbacks.neural_collapse import NeuralCollapseCallback
 from lt_lightning.callbacks.wandb_config import SaveConfigToLoggers
 
-__all__ = ["NeuralCollapseCallback", "SaveConfigToLoggers"]
+__all__ = ["FiniteGuard", "NeuralCollapseCallback", "NonFiniteError", "SaveConfigToLoggers"]

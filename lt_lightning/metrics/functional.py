@@ -74,7 +74,11 @@ def _neural_collapse_check_inputs(
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     if check_values and labels.numel() > 0:
-        lo, hi = int(labels.min()), int(labels.max())
+        finite, lo, hi = torch.stack(
+            [torch.isfinite(features).all().long(), labels.min().long(), labels.max().long()]
+        ).tolist()  # one host read for the three checks
+        if not finite:
+            raise ValueError("features contain NaN or inf; neural-collapse metrics need finite features")
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
 
@@ -404,6 +408,12 @@ def _neural_collapse_compute(
     Raises:
         ValueError: a class to be used has no samples (its index is named).
     """
+    stats = [sums, sq_dev] + ([] if weight is None else [weight]) + ([] if bias is None else [bias])
+    if not bool(torch.stack([torch.isfinite(t).all() for t in stats]).all()):
+        raise ValueError(
+            "neural-collapse statistics are not finite: the features (or the classifier) contained NaN "
+            "or inf; neural-collapse metrics need finite inputs"
+        )
     num_classes = counts.shape[0]
     present = counts > 0
     if classes is None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lt_lightning.callbacks.finite import finite_flags
 from lt_lightning.losses import mixup_batch
 from lt_lightning.metrics import ShotAccuracy
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
@@ -194,6 +195,8 @@ class LongTailModule(L.LightningModule):
             )
         else:
             loss = self.compute_loss(logits, features, y, y)
+        # read by FiniteGuard before the optimizer step (kept on the device: no host sync here)
+        self._finite_flags = finite_flags(loss, features)
         # not on the progress bar: that would read the loss back to the host every step
         # sync_dist: under DDP the logged values are means over all ranks' samples (an all-reduce, no
         # host sync; a no-op on one process)
@@ -298,18 +301,26 @@ def _step_lr_factor(step: int, *, steps_per_epoch: float, **kwargs) -> float:
 def load_module_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> LongTailModule:
     """Rebuild any lt_lightning method from its checkpoint (the class is read from the checkpoint).
 
+    The file is read with ``torch.load(weights_only=True)`` (see :mod:`lt_lightning.checkpoints`): a
+    checkpoint from someone else cannot run code, and the class it names must be a ``LongTailModule``.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a checkpoint written by an lt_lightning module.
+        ValueError: the file is empty, corrupt, holds non-weights objects, or is not a checkpoint written
+            by an lt_lightning module.
     """
-    import os
+    from lt_lightning.checkpoints import load_checkpoint_file
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"stage-1 checkpoint not found: {path!r}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    class_path = ckpt.get(CLASS_PATH_KEY) if isinstance(ckpt, dict) else None
-    if class_path is None:
-        raise ValueError(f"{path!r} is not a checkpoint of an lt_lightning module (no {CLASS_PATH_KEY!r})")
+    what = "stage-1 checkpoint"
+    ckpt = load_checkpoint_file(path, map_location="cpu", what=what)
+    class_path = ckpt.get(CLASS_PATH_KEY)
+    if not isinstance(class_path, str) or "state_dict" not in ckpt:
+        raise ValueError(f"{what} {path!r} was not written by an lt_lightning module (no {CLASS_PATH_KEY!r})")
     module_name, _, cls_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.load_from_checkpoint(path, map_location=map_location)
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{what} {path!r} names the class {class_path!r}, which cannot be imported") from err
+    if not (isinstance(cls, type) and issubclass(cls, LongTailModule)):
+        raise ValueError(f"{what} {path!r} names {class_path!r}, which is not an lt_lightning LongTailModule")
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
