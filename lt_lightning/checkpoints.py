@@ -94,7 +94,7 @@ def load_checkpoint_file(path: _PATH, map_location: Any = "cpu", what: str = "ch
                 f"torch.load(weights_only=False). Detail: {str(err).splitlines()[0]}"
             ) from err
         raise ValueError(f"{what} {path!r} is not a readable PyTorch checkpoint (corrupt): {err}") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # a garbage file can fail anywhere in the unpickler (IndexError, KeyError…)
         raise ValueError(
             f"{what} {path!r} is not a readable PyTorch checkpoint (truncated or corrupt): "
             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"

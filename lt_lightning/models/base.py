@@ -315,7 +315,9 @@ def load_module_from_checkpoint(path: str, map_location: str | torch.device = "c
     ckpt = load_checkpoint_file(path, map_location="cpu", what=what)
     class_path = ckpt.get(CLASS_PATH_KEY)
     if not isinstance(class_path, str) or "state_dict" not in ckpt:
-        raise ValueError(f"{what} {path!r} was not written by an lt_lightning module (no {CLASS_PATH_KEY!r})")
+        raise ValueError(
+            f"{what} {path!r} is not a checkpoint of an lt_lightning module (no {CLASS_PATH_KEY!r})"
+        )
     module_name, _, cls_name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
