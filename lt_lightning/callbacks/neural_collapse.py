@@ -13,7 +13,7 @@ import os
 import random
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ class NeuralCollapseCallback(Callback):
         max_batches: int | None = None,
         cache_features: bool = False,
         rtol: float | None = None,
-        global_mean: str = "sample",
+        global_mean: Literal["sample", "class"] = "sample",
     ) -> None:
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -84,7 +85,7 @@ class LongTailDataModule(L.LightningDataModule):
         global_batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        sampler: str = "instance",
+        sampler: Literal[SAMPLERS] = "instance",
         sampler_q: float | None = None,
         samples_per_class: int = 4,
         sampler_epochs: int | None = None,
@@ -280,7 +281,7 @@ class _InMemoryLTDataModule(LongTailDataModule):
         self,
         data_dir: str = "data",
         imbalance_ratio: float = 100.0,
-        profile: str = "exp",
+        profile: Literal[PROFILES] = "exp",
         max_count: int | None = None,
         val_per_class: int = 0,
         download: bool = False,
@@ -470,7 +471,7 @@ class DigitsLTDataModule(LongTailDataModule):
     def __init__(
         self,
         imbalance_ratio: float = 20.0,
-        profile: str = "exp",
+        profile: Literal[PROFILES] = "exp",
         max_count: int = 120,
         test_per_class: int = 50,
         val_per_class: int = 0,
@@ -531,7 +532,7 @@ class SyntheticLTDataModule(LongTailDataModule):
         feature_dim: int = 32,
         max_count: int = 200,
         imbalance_ratio: float = 20.0,
-        profile: str = "exp",
+        profile: Literal[PROFILES] = "exp",
         test_per_class: int = 50,
         val_per_class: int = 0,
         center_norm: float = 3.0,

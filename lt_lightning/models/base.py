@@ -12,7 +12,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -25,7 +25,7 @@ from lt_lightning.losses import mixup_batch
 from lt_lightning.metrics import ShotAccuracy
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
 from lt_lightning.nn.backbones import build_backbone
-from lt_lightning.nn.heads import FeatureNeck, LinearHead
+from lt_lightning.nn.heads import NECK_MODES, FeatureNeck, LinearHead
 
 __all__ = ["CLASS_PATH_KEY", "LongTailModule", "load_module_from_checkpoint"]
 
@@ -71,15 +71,15 @@ class LongTailModule(L.LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
         fixdim: bool = False,
         trainable_backbone: Sequence[str] | None = None,
-        neck: str = "none",
+        neck: Literal[NECK_MODES] = "none",
         feature_scale: float = 1.0,
-        optimizer: str = "sgd",
+        optimizer: Literal[OPTIMIZERS] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
-        lr_schedule: str = "cosine",
-        lr_interval: str = "step",
+        lr_schedule: Literal[LR_SCHEDULES] = "cosine",
+        lr_interval: Literal["step", "epoch"] = "step",
         warmup_epochs: float = 0.0,
         warmup_start_factor: float = 0.0,
         milestones: Sequence[int] = (),

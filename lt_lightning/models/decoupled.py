@@ -14,6 +14,7 @@ checkpoint), keeps its backbone and neck frozen, and replaces the classifier:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -61,13 +62,13 @@ class DecoupledModule(LongTailModule):
     def __init__(
         self,
         stage1_checkpoint: str,
-        mode: str = "crt",
-        bn_mode: str = "reestimate",
+        mode: Literal[MODES] = "crt",
+        bn_mode: Literal[BN_MODES] = "reestimate",
         tau: float | None = None,
         tau_grid: Sequence[float] = TAU_GRID,
         ncm_center: bool = True,
         ncm_normalize: bool = True,
-        ncm_metric: str = "euclidean",
+        ncm_metric: Literal["euclidean", "cosine"] = "euclidean",
         num_classes: int = 10,
         **kwargs,
     ) -> None:
