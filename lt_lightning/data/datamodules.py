@@ -230,12 +230,10 @@ class LongTailDataModule(L.LightningDataModule):
         return self.global_batch_size // world
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(
-            self.train_dataset_or_setup(),
-            self.train_batch_size(),
-            self.build_train_sampler(),
-            drop_last=self.drop_last,
-        )
+        sampler = self.build_train_sampler()
+        batch_size = self.train_batch_size()
+        drop_last = train_drop_last(len(sampler), batch_size, self.drop_last)
+        return self._loader(self.train_dataset_or_setup(), batch_size, sampler, drop_last=drop_last)
 
     def train_dataset_or_setup(self) -> Dataset:
         if self.train_dataset is None:
@@ -257,6 +255,24 @@ class LongTailDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def train_drop_last(samples_per_epoch: int, batch_size: int, drop_last: bool) -> bool:
+    """The ``drop_last`` a training loader needs for ``samples_per_epoch`` samples per process.
+
+    A last batch of a single sample is dropped (BatchNorm cannot train on one sample, and it would
+    crash after the first epoch with a bare error); a batch larger than the epoch with ``drop_last``
+    would train nothing and exit 0, so it is an error.
+
+    Raises:
+        ValueError: ``drop_last`` and ``batch_size > samples_per_epoch``.
+    """
+    if drop_last and batch_size > samples_per_epoch:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the {samples_per_epoch} training samples per process "
+            "and drop_last=True: no training batch would be left; lower batch_size or set drop_last false"
+        )
+    return drop_last or (samples_per_epoch > 1 and samples_per_epoch % batch_size == 1)
 
 
 def _resolve_dir(data_dir: str | os.PathLike) -> Path:
