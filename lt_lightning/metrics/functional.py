@@ -34,6 +34,8 @@ always cut.)
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -376,6 +378,10 @@ def _neural_collapse_geometry(
     return out
 
 
+class UndefinedMetricWarning(UserWarning):
+    """A neural-collapse metric is NaN because it is undefined for the inputs (not a numerical failure)."""
+
+
 def _neural_collapse_compute(
     counts: Tensor,
     sums: Tensor,
@@ -465,7 +471,16 @@ def _neural_collapse_compute(
     ordered = list(NC_KEYS)
     if class_group is not None:
         ordered += [f"{key}/{name}" for name in SHOT_GROUP_NAMES for key in NC_KEYS]
-    return {k: float(results[k]) for k in ordered}
+    out = {k: float(results[k]) for k in ordered}
+    undefined = [k for k in NC_KEYS if math.isnan(out[k]) and (k != "nc4" or nc4_mismatch is not None)]
+    if undefined:  # never a silent NaN: say which metrics are undefined and why they can be
+        warnings.warn(
+            f"neural-collapse metrics {undefined} are undefined (NaN) for these inputs: the class means "
+            "coincide (no between-class spread, e.g. constant features) or the classifier has zero rows",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
