@@ -32,6 +32,7 @@ from lt_lightning.data.datasets import (
     read_svhn,
 )
 from lt_lightning.data.profiles import PROFILES, long_tail_counts, shot_groups
+from lt_lightning.data.resumable import ResumableDataLoader
 from lt_lightning.data.samplers import SAMPLERS, DistributedEvalSampler, build_sampler
 from lt_lightning.data.splits import long_tail_split
 from lt_lightning.data.transforms import cifar_transforms, imagenet_transforms, small_image_transforms
@@ -233,7 +234,19 @@ class LongTailDataModule(L.LightningDataModule):
         sampler = self.build_train_sampler()
         batch_size = self.train_batch_size()
         drop_last = train_drop_last(len(sampler), batch_size, self.drop_last)
-        return self._loader(self.train_dataset_or_setup(), batch_size, sampler, drop_last=drop_last)
+        loader = ResumableDataLoader(
+            self.train_dataset_or_setup(),
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=drop_last,
+        )
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:  # checkpoints record how far into the epoch training got
+            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
 
     def train_dataset_or_setup(self) -> Dataset:
         if self.train_dataset is None:

@@ -32,6 +32,8 @@ __all__ = ["CLASS_PATH_KEY", "LongTailModule", "load_module_from_checkpoint"]
 OPTIMIZERS = ("sgd", "adamw")
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
 CLASS_PATH_KEY = "lt_lightning_class_path"
+#: checkpoint key holding every rank's mixup generator state and its epoch (mid-epoch resume)
+MIXUP_STATE_KEY = "lt_lightning_mixup_state"
 
 
 class LongTailModule(L.LightningModule):
@@ -281,6 +283,30 @@ class LongTailModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        if self._mixup_gen is not None and self.hparams.mixup_alpha > 0:
+            # every rank's mixup stream (uint8 state tensors: weights-only safe), for exact mid-epoch resume
+            state = self._mixup_gen.get_state()
+            states = self.all_gather(state) if self.trainer.world_size > 1 else state[None]
+            checkpoint[MIXUP_STATE_KEY] = {"epoch": self.current_epoch, "states": states.cpu()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._mixup_resume = checkpoint.get(MIXUP_STATE_KEY)
+
+    def on_train_start(self) -> None:
+        loop = self.trainer.fit_loop
+        # configure_optimizers reads estimated_stepping_batches, which builds the training loader before
+        # Lightning restores the loops; the fit loop then keeps that loader and never loads the
+        # checkpoint's loader state (the position within the epoch). Rebuilding it here, after the
+        # restore and before the first batch, loads that state: exact mid-epoch resume.
+        if loop.restarting and getattr(loop, "_combined_loader_states_to_load", None):
+            loop._combined_loader = None
+            loop.setup_data()
+        resumed, self._mixup_resume = getattr(self, "_mixup_resume", None), None
+        if resumed is not None and resumed["epoch"] == self.current_epoch:
+            # resumed mid-epoch (on_train_epoch_start is not called again): continue this rank's stream
+            states = resumed["states"]
+            self._mixup_gen = torch.Generator()
+            self._mixup_gen.set_state(states[min(self.global_rank, len(states) - 1)])
 
 
 def _silence_sync_dist_advice(names: Sequence[str]) -> None:

@@ -127,9 +127,11 @@ class ImplicitETFModule(LongTailModule):
         return self.head(features)
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         self._initialized = bool(self.head.initialized)  # one read at the start (resumed runs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         if "head.initialized" in state:
             self._initialized = bool(state["head.initialized"])

@@ -6,6 +6,7 @@
 ``save:E`` (in the middle of writing ``last.ckpt`` after epoch E: half the bytes, then SIGKILL);
 ``step:S`` (right after the checkpoint written at global step S, e.g. by ``every_n_train_steps``).
 ``CKPT_PATH``: ``-`` or a checkpoint to resume from (``--ckpt_path``).
+``LT_TEST_STEP_CKPT=N`` in the environment adds a ModelCheckpoint every N steps into ``<dirpath>/steps``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -62,6 +64,13 @@ class Kill(L.Callback):
 def main() -> None:
     kill, ckpt, cli_args = sys.argv[1], sys.argv[2], sys.argv[3:]
     cli = build_cli(cli_args, run=False)
+    every = int(os.environ.get("LT_TEST_STEP_CKPT", "0"))
+    if every:  # mid-epoch checkpoints into <per-epoch dirpath>/steps, as the long-epoch configs do
+        first = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint))
+        steps = ModelCheckpoint(
+            dirpath=os.path.join(first.dirpath, "steps"), every_n_train_steps=every, save_last=True
+        )
+        cli.trainer.callbacks.insert(0, steps)
     if kill != "none":
         cli.trainer.callbacks.append(Kill(kill))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if ckpt == "-" else ckpt)
