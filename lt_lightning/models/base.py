@@ -147,6 +147,7 @@ class LongTailModule(L.LightningModule):
         self.val_metrics = metric()
         self.test_metrics = metric()
         self._mixup_gen: torch.Generator | None = None
+        self._mixup_resume: dict[str, Any] | None = None  # from a mid-epoch checkpoint, used at train start
 
     # ---- what a method overrides ------------------------------------------------------------------
     def build_head(self, in_features: int, num_classes: int) -> nn.Module:
@@ -301,7 +302,7 @@ class LongTailModule(L.LightningModule):
         if loop.restarting and getattr(loop, "_combined_loader_states_to_load", None):
             loop._combined_loader = None
             loop.setup_data()
-        resumed, self._mixup_resume = getattr(self, "_mixup_resume", None), None
+        resumed, self._mixup_resume = self._mixup_resume, None
         if resumed is not None and resumed["epoch"] == self.current_epoch:
             # resumed mid-epoch (on_train_epoch_start is not called again): continue this rank's stream
             states = resumed["states"]
