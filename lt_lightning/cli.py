@@ -16,16 +16,20 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import sys
+from argparse import ArgumentError
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lt_lightning.callbacks
 import lt_lightning.data.datamodules
 import lt_lightning.models  # noqa: F401
+from lt_lightning.callbacks.finite import FiniteGuard, NonFiniteError
 from lt_lightning.callbacks.predictions import PredictionWriter
 from lt_lightning.callbacks.wandb_config import SaveConfigToLoggers
 from lt_lightning.data.datamodules import LongTailDataModule
@@ -37,7 +41,9 @@ __all__ = [
     "LTLightningCLI",
     "build_cli",
     "default_logger",
+    "format_error",
     "format_metrics_table",
+    "format_parser_error",
     "main",
 ]
 
@@ -101,6 +107,11 @@ class LTLightningCLI(LightningCLI):
     - ``predict`` writes ``predictions.pt``/``.csv`` (:class:`~lt_lightning.callbacks.PredictionWriter`)
       unless the trainer already has a prediction writer.
     """
+
+    def init_parser(self, **kwargs):
+        # parse errors raise instead of printing usage and a nested dump: main() prints one line
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         for target, source in LINKED_TARGETS.items():
@@ -231,22 +242,106 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LTLightnin
         subclass_mode_data=True,
         save_config_callback=SaveConfigToLoggers,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"logger": default_logger()},
+        trainer_defaults={
+            "logger": default_logger(),
+            "callbacks": [FiniteGuard()],
+            "plugins": [{"class_path": "lt_lightning.checkpoints.AtomicCheckpointIO"}],
+        },
         auto_configure_optimizers=False,
         args=args,
         run=run,
     )
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lt-lightning`` console script (``seeds`` is :mod:`lt_lightning.seeds`)."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv[:1] == ["seeds"]:
-        from lt_lightning.seeds import run_seeds
+#: errors that are the user's (bad option, missing file, diverged run): one line, no traceback
+_USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    NonFiniteError,
+    MisconfigurationException,
+    ArgumentError,
+)
+_STRUCTURAL = re.compile(
+    r"^(- )?(Does not validate against any of the Union subtypes|Subtypes:|Errors:|Given value|"
+    r"Expected a <class 'NoneType'>|Problem with given class_path|Parser key|Not a valid subclass|"
+    r"Validation failed|Key \"[^\"]*\" is required but not included)"
+)
 
-        run_seeds(argv[1:])
-        return
-    build_cli(args)  # None: LightningCLI reads sys.argv itself (passing both would warn)
+
+def format_parser_error(message: str) -> str:
+    """One line from a jsonargparse error: the option (``--data.init_args.sampler``), the bad value and
+    what is valid, without the usage text and the namespace dump."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    option = ""
+    if keys:
+        top, nested = keys[0], keys[1:]
+        if top in ("model", "data") and nested:
+            option = f"--{top}.init_args.{'.'.join(nested)}"
+        else:
+            option = "--" + ".".join(keys)
+    lines = [re.sub(r'^Parser key "[^"]+":\s*', "", ln.strip()) for ln in message.splitlines()]
+    lines = [ln for ln in lines if ln]
+    given = [ln.removeprefix("Given value: ") for ln in lines if ln.startswith("Given value: ")]
+    causes = [ln.removeprefix("- ") for ln in lines if not _STRUCTURAL.match(ln.removeprefix("- "))]
+    cause = causes[0] if causes else lines[-1] if lines else message
+    literal = re.match(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)$", cause)
+    typed = re.match(r"Expected a <class '([\w.]+)'>(?:\. Got value: (.*))?$", cause)
+    if literal:
+        valid = ", ".join(v.strip().strip("'\"") for v in literal.group(1).split(","))
+        cause = f"got {literal.group(2)!r}; valid: {valid}"
+    elif typed:
+        value = typed.group(2) or (given[0] if given and "(" not in given[0] else None)
+        cause = f"expected {typed.group(1)}" + (f", got {value!r}" if value is not None else "")
+    return f"{option}: {cause}" if option else cause
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen:
+        err = err.__cause__
+        seen.add(id(err))
+    return err
+
+
+def format_error(err: BaseException) -> str:
+    """The one-line message ``lt-lightning`` prints for ``err`` (without the ``error:`` prefix)."""
+    if isinstance(err, ArgumentError):
+        return format_parser_error(str(err))
+    root = _root_cause(err)
+    text = " ".join(str(root).split()) or type(root).__name__
+    # jsonargparse wraps errors raised while instantiating a class; name the class
+    wrapper = re.search(r"class_path='([\w.]+)'", str(err)) if root is not err else None
+    where = f"{wrapper.group(1).rpartition('.')[2]}: " if wrapper else ""
+    kind = "" if isinstance(root, (ValueError, TypeError, FileNotFoundError)) else f"{type(root).__name__}: "
+    return f"{where}{kind}{text}"
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``lt-lightning`` console script (``seeds`` is :mod:`lt_lightning.seeds`).
+
+    A user error (bad option value, missing file, a run that diverged) prints one line,
+    ``lt-lightning: error: ...``, and exits with status 2 (command line) or 1 (anything later); set
+    ``LT_LIGHTNING_TRACEBACK=1`` to see the traceback. Unexpected errors keep their traceback.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv[:1] == ["seeds"]:
+            from lt_lightning.seeds import run_seeds
+
+            run_seeds(argv[1:])
+            return
+        build_cli(args)  # None: LightningCLI reads sys.argv itself (passing both would warn)
+    except _USER_ERRORS as err:
+        if os.environ.get("LT_LIGHTNING_TRACEBACK") == "1":
+            raise
+        if not isinstance(err, ArgumentError) and not isinstance(_root_cause(err), _USER_ERRORS):
+            raise
+        print(f"lt-lightning: error: {format_error(err)}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ArgumentError) else 1)
 
 
 if __name__ == "__main__":

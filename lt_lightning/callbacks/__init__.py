@@ -1,7 +1,14 @@
-"""Lightning callbacks: neural-collapse measurement, prediction files and W&B config logging."""
+"""Lightning callbacks: neural-collapse measurement, the non-finite guard, prediction files and W&B config logging."""
 
+from lt_lightning.callbacks.finite import FiniteGuard, NonFiniteError
 from lt_lightning.callbacks.neural_collapse import NeuralCollapseCallback
 from lt_lightning.callbacks.predictions import PredictionWriter
 from lt_lightning.callbacks.wandb_config import SaveConfigToLoggers
 
-__all__ = ["NeuralCollapseCallback", "PredictionWriter", "SaveConfigToLoggers"]
+__all__ = [
+    "FiniteGuard",
+    "NeuralCollapseCallback",
+    "NonFiniteError",
+    "PredictionWriter",
+    "SaveConfigToLoggers",
+]

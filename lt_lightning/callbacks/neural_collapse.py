@@ -13,7 +13,7 @@ import os
 import random
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -94,6 +94,20 @@ def _rank_zero_buffers(pl_module: torch.nn.Module) -> Iterator[None]:
             b.data.copy_(old)
 
 
+def _local_log_dir(trainer: Trainer) -> str | None:
+    """``trainer.log_dir`` without its broadcast, for code that runs on global rank zero only.
+
+    ``Trainer.log_dir`` broadcasts the directory from rank 0, a collective: called on one rank of a
+    DDP job it waits forever for the others (the CSV-logger figures hung 2-process runs this way).
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if not trainer.loggers:
+        return trainer.default_root_dir
+    first = trainer.loggers[0]
+    return first.log_dir if isinstance(first, (TensorBoardLogger, CSVLogger)) else first.save_dir
+
+
 class NeuralCollapseCallback(Callback):
     """Measure NC1–NC4 (overall and many/medium/few) and shot accuracy every ``every_n_epochs`` epochs.
 
@@ -144,7 +158,7 @@ class NeuralCollapseCallback(Callback):
         max_batches: int | None = None,
         cache_features: bool = False,
         rtol: float | None = None,
-        global_mean: str = "sample",
+        global_mean: Literal["sample", "class"] = "sample",
     ) -> None:
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
@@ -308,8 +322,9 @@ class NeuralCollapseCallback(Callback):
         for logger in wandb_loggers:
             for key, fig in figures.items():
                 logger.log_image(key=key, images=[plots.figure_to_array(fig)], step=trainer.global_step)
-        if not wandb_loggers and trainer.loggers and trainer.log_dir is not None:
-            out = os.path.join(trainer.log_dir, "nc_figures")
+        log_dir = _local_log_dir(trainer)
+        if not wandb_loggers and trainer.loggers and log_dir is not None:
+            out = os.path.join(log_dir, "nc_figures")
             os.makedirs(out, exist_ok=True)
             for key, fig in figures.items():
                 name = key.removeprefix("nc/").replace("/", "_")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -33,6 +34,7 @@ from lt_lightning.data.datasets import (
 )
 from lt_lightning.data.device_pipeline import PIPELINES, DeviceLoader, spec_from_transform
 from lt_lightning.data.profiles import PROFILES, long_tail_counts, shot_groups
+from lt_lightning.data.resumable import ResumableDataLoader
 from lt_lightning.data.samplers import BATCH_SAMPLERS, SAMPLERS, DistributedEvalSampler, build_sampler
 from lt_lightning.data.splits import long_tail_split
 from lt_lightning.data.transforms import (
@@ -98,7 +100,7 @@ class LongTailDataModule(L.LightningDataModule):
         global_batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        sampler: str = "instance",
+        sampler: Literal[SAMPLERS] = "instance",
         sampler_q: float | None = None,
         samples_per_class: int = 4,
         sampler_epochs: int | None = None,
@@ -287,12 +289,22 @@ class LongTailDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceLoader:
         if self.pipeline == "device":
             return self._device_train_loader()
-        return self._loader(
+        sampler = self.build_train_sampler()
+        batch_size = self.train_batch_size()
+        drop_last = train_drop_last(len(sampler), batch_size, self.drop_last)
+        loader = ResumableDataLoader(
             self.train_dataset_or_setup(),
-            self.train_batch_size(),
-            self.build_train_sampler(),
-            drop_last=self.drop_last,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=drop_last,
         )
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:  # checkpoints record how far into the epoch training got
+            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
 
     def _device_train_loader(self) -> DeviceLoader:
         dataset = self.train_dataset_or_setup()
@@ -301,16 +313,21 @@ class LongTailDataModule(L.LightningDataModule):
             raise ValueError(f"pipeline='device' needs an in-memory dataset, got {type(dataset).__name__}")
         trainer = getattr(self, "trainer", None)
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        return DeviceLoader(
+        sampler = self.build_train_sampler()
+        batch_size = self.train_batch_size()
+        loader = DeviceLoader(
             data,
             dataset.targets,
-            self.build_train_sampler(),
-            self.train_batch_size(),
+            sampler,
+            batch_size,
             spec_from_transform(dataset.transform),
             device,
-            drop_last=self.drop_last,
+            drop_last=train_drop_last(len(sampler), batch_size, self.drop_last),
             seed=self.seed,
         )
+        if trainer is not None:  # checkpoints record how far into the epoch training got
+            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
 
     def train_dataset_or_setup(self) -> Dataset:
         if self.train_dataset is None:
@@ -332,6 +349,24 @@ class LongTailDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def train_drop_last(samples_per_epoch: int, batch_size: int, drop_last: bool) -> bool:
+    """The ``drop_last`` a training loader needs for ``samples_per_epoch`` samples per process.
+
+    A last batch of a single sample is dropped (BatchNorm cannot train on one sample, and it would
+    crash after the first epoch with a bare error); a batch larger than the epoch with ``drop_last``
+    would train nothing and exit 0, so it is an error.
+
+    Raises:
+        ValueError: ``drop_last`` and ``batch_size > samples_per_epoch``.
+    """
+    if drop_last and batch_size > samples_per_epoch:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the {samples_per_epoch} training samples per process "
+            "and drop_last=True: no training batch would be left; lower batch_size or set drop_last false"
+        )
+    return drop_last or (samples_per_epoch > 1 and samples_per_epoch % batch_size == 1)
 
 
 def _resolve_dir(data_dir: str | os.PathLike) -> Path:
@@ -359,7 +394,7 @@ class _InMemoryLTDataModule(LongTailDataModule):
         self,
         data_dir: str = "data",
         imbalance_ratio: float = 100.0,
-        profile: str = "exp",
+        profile: Literal[PROFILES] = "exp",
         max_count: int | None = None,
         val_per_class: int = 0,
         download: bool = False,
@@ -603,7 +638,7 @@ class DigitsLTDataModule(LongTailDataModule):
     def __init__(
         self,
         imbalance_ratio: float = 20.0,
-        profile: str = "exp",
+        profile: Literal[PROFILES] = "exp",
         max_count: int = 120,
         test_per_class: int = 50,
         val_per_class: int = 0,
@@ -664,7 +699,7 @@ class SyntheticLTDataModule(LongTailDataModule):
         feature_dim: int = 32,
         max_count: int = 200,
         imbalance_ratio: float = 20.0,
-        profile: str = "exp",
+        profile: Literal[PROFILES] = "exp",
         test_per_class: int = 50,
         val_per_class: int = 0,
         center_norm: float = 3.0,

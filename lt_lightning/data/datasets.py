@@ -41,6 +41,33 @@ def _missing(path: Path, name: str, how: str) -> FileNotFoundError:
     return FileNotFoundError(f"{name} not found at {path}. {how}")
 
 
+#: the only globals a CIFAR batch pickle may name (numpy arrays); anything else could run code
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not plain data)")
+        return super().find_class(module, name)
+
+
+def _load_cifar_batch(path: Path) -> object:
+    """Unpickle one CIFAR batch with only numpy arrays allowed; errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as err:  # truncated or garbage files fail anywhere in the unpickler
+        raise ValueError(
+            f"{path} is not a readable CIFAR batch (corrupt or truncated: {err}); delete it and download again"
+        ) from err
+
+
 def read_cifar(root: str | os.PathLike, num_classes: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read CIFAR-10/100 from torchvision's on-disk format (pickled batches).
 
@@ -61,8 +88,9 @@ def read_cifar(root: str | os.PathLike, num_classes: int, split: str) -> tuple[n
                 "Pass download=True (needs internet) or place torchvision's extracted "
                 f"'{_CIFAR_DIRS[num_classes]}' folder under data_dir.",
             )
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+        batch = _load_cifar_batch(path)
+        if not isinstance(batch, dict) or "data" not in batch or key not in batch:
+            raise ValueError(f"{path} is not a CIFAR-{num_classes} batch (no 'data' / {key!r} entries)")
         images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[key], dtype=np.int64))
     return np.concatenate(images).transpose(0, 2, 3, 1).copy(), np.concatenate(labels)

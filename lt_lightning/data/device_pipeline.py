@@ -21,8 +21,9 @@ and reads the epoch's indices from ``iter(sampler)`` (one host list per epoch, n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,11 +234,36 @@ class DeviceLoader:
         flips = torch.rand(n, generator=g, device=self.device) < 0.5 if self.spec.flip else None
         return offsets, flips
 
+    #: callable returning the batches of the current epoch already trained (set by the datamodule from
+    #: its trainer's loop); read when a checkpoint is written, for exact mid-epoch resume
+    batches_done: Callable[[], int] | None = None
+    _skip_batches: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position within the epoch (Lightning saves it with the fit loop)."""
+        done = int(self.batches_done()) if self.batches_done is not None else 0
+        return {"batches_done": done, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the epoch after the batches a mid-epoch checkpoint had trained.
+
+        The epoch's order and its crop/flip draws depend on ``(seed, epoch, rank)`` only, so the resumed
+        epoch skips ``batches_done`` batches and trains exactly the ones the interrupted epoch had left.
+        """
+        done, batch_size = int(state.get("batches_done", 0)), state.get("batch_size")
+        if done and batch_size != self.batch_size:
+            raise ValueError(
+                f"the checkpoint was taken mid-epoch with batch size {batch_size}; resuming it exactly needs "
+                f"the same batch size, got {self.batch_size}"
+            )
+        self._skip_batches = done
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         indices = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long).to(self.device)
         offsets, flips = self._params(len(indices))
         stop = len(self) * self.batch_size
-        for start in range(0, min(stop, len(indices)), self.batch_size):  # one iteration per batch
+        first, self._skip_batches = self._skip_batches * self.batch_size, 0
+        for start in range(first, min(stop, len(indices)), self.batch_size):  # one iteration per batch
             sel = slice(start, start + self.batch_size)
             idx = indices[sel]
             if self.is_image:

@@ -411,6 +411,7 @@ class LongTailSampler(DistributedSampler):
         self.num_replicas, self.rank = _resolve_world(num_replicas, rank)
         self.seed = int(seed)
         self.epoch = 0
+        self._skip = 0  # samples of this rank's slice to leave out at the next __iter__ (mid-epoch resume)
         self.shuffle = True
         self.drop_last = False
         self.num_samples = math.ceil(len(labels) / self.num_replicas)
@@ -445,13 +446,26 @@ class LongTailSampler(DistributedSampler):
     def _draw(self, epoch: int, generator: torch.Generator) -> torch.LongTensor:
         raise NotImplementedError
 
+    def skip_next(self, num_samples: int) -> None:
+        """Make the next :meth:`__iter__` start ``num_samples`` into this rank's slice of the epoch.
+
+        Used once, by a mid-epoch resume (:class:`~lt_lightning.data.resumable.ResumableDataLoader`):
+        the resumed epoch continues with the very samples the interrupted one would have drawn next.
+        """
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or not 0 <= num_samples:
+            raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
+        if num_samples > self.num_samples:
+            raise ValueError(f"cannot skip {num_samples} samples of an epoch of {self.num_samples} per rank")
+        self._skip = int(num_samples)
+
     def __iter__(self) -> Iterator[int]:
         indices = self.global_indices(self.epoch)
         if self.total_size > len(indices):  # torch's padding: repeat the list from its start
             repeats = math.ceil(self.total_size / len(indices))
             indices = indices.repeat(repeats)[: self.total_size]
         start = self.rank * self.num_samples
-        return iter(indices[start : start + self.num_samples].tolist())
+        skip, self._skip = self._skip, 0
+        return iter(indices[start + skip : start + self.num_samples].tolist())
 
     def __len__(self) -> int:
         return self.num_samples

@@ -34,6 +34,8 @@ always cut.)
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -89,7 +91,11 @@ def _neural_collapse_check_inputs(
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     if check_values and labels.numel() > 0:
-        lo, hi = int(labels.min()), int(labels.max())
+        finite, lo, hi = torch.stack(
+            [torch.isfinite(features).all().long(), labels.min().long(), labels.max().long()]
+        ).tolist()  # one host read for the three checks
+        if not finite:
+            raise ValueError("features contain NaN or inf; neural-collapse metrics need finite features")
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
 
@@ -436,6 +442,10 @@ def _minority_collapse_geometry(
     return out
 
 
+class UndefinedMetricWarning(UserWarning):
+    """A neural-collapse metric is NaN because it is undefined for the inputs (not a numerical failure)."""
+
+
 def _neural_collapse_compute(
     counts: Tensor,
     sums: Tensor,
@@ -468,6 +478,12 @@ def _neural_collapse_compute(
     Raises:
         ValueError: a class to be used has no samples (its index is named).
     """
+    stats = [sums, sq_dev] + ([] if weight is None else [weight]) + ([] if bias is None else [bias])
+    if not bool(torch.stack([torch.isfinite(t).all() for t in stats]).all()):
+        raise ValueError(
+            "neural-collapse statistics are not finite: the features (or the classifier) contained NaN "
+            "or inf; neural-collapse metrics need finite inputs"
+        )
     num_classes = counts.shape[0]
     present = counts > 0
     if classes is None:
@@ -526,7 +542,16 @@ def _neural_collapse_compute(
     if class_group is not None:
         ordered += [f"{key}/{name}" for name in SHOT_GROUP_NAMES for key in NC_KEYS]
         ordered += list(MINORITY_COLLAPSE_KEYS)
-    return {k: float(results[k]) for k in ordered}
+    out = {k: float(results[k]) for k in ordered}
+    undefined = [k for k in NC_KEYS if math.isnan(out[k]) and (k != "nc4" or nc4_mismatch is not None)]
+    if undefined:  # never a silent NaN: say which metrics are undefined and why they can be
+        warnings.warn(
+            f"neural-collapse metrics {undefined} are undefined (NaN) for these inputs: the class means "
+            "coincide (no between-class spread, e.g. constant features) or the classifier has zero rows",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ balanced and many/medium/few accuracy, the head protocol read by the NC callback
 from __future__ import annotations
 
 import importlib
+import re
+import warnings
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -19,13 +21,14 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lt_lightning.callbacks.finite import finite_flags
 from lt_lightning.data.profiles import shot_groups as shot_groups_from_counts
 from lt_lightning.losses import mixup_batch
 from lt_lightning.metrics import ShotAccuracy
 from lt_lightning.metrics.functional import SHOT_GROUP_NAMES
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
 from lt_lightning.nn.backbones import build_backbone
-from lt_lightning.nn.heads import FeatureNeck, LinearHead
+from lt_lightning.nn.heads import NECK_MODES, FeatureNeck, LinearHead
 from lt_lightning.optim import AGD, agd_orthogonal_init_, check_agd_parameters
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adamw", "agd")
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
 CLASS_PATH_KEY = "lt_lightning_class_path"
+#: checkpoint key holding every rank's mixup generator state and its epoch (mid-epoch resume)
+MIXUP_STATE_KEY = "lt_lightning_mixup_state"
 
 
 class LongTailModule(L.LightningModule):
@@ -103,16 +108,16 @@ class LongTailModule(L.LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
         fixdim: bool = False,
         trainable_backbone: Sequence[str] | None = None,
-        neck: str = "none",
+        neck: Literal[NECK_MODES] = "none",
         feature_scale: float = 1.0,
-        optimizer: str = "sgd",
+        optimizer: Literal[OPTIMIZERS] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
         gain: float = 1.0,
-        lr_schedule: str = "cosine",
-        lr_interval: str = "step",
+        lr_schedule: Literal[LR_SCHEDULES] = "cosine",
+        lr_interval: Literal["step", "epoch"] = "step",
         lr_epoch_offset: int = 0,
         warmup_epochs: float = 0.0,
         warmup_start_factor: float = 0.0,
@@ -197,6 +202,7 @@ class LongTailModule(L.LightningModule):
         self.test_metrics = metric()
         self._mixup_gen: torch.Generator | None = None
         self._agd_initialized = False  # host flag: AGD's init runs once, never over loaded weights
+        self._mixup_resume: dict[str, Any] | None = None  # from a mid-epoch checkpoint, used at train start
 
     def shot_kwargs(self) -> dict[str, Any]:
         """Shot-group arguments of :class:`ShotAccuracy`: explicit groups if given, else counts + thresholds."""
@@ -261,11 +267,15 @@ class LongTailModule(L.LightningModule):
             )
         else:
             loss = self.compute_loss(logits, features, y, y)
+        # read by FiniteGuard before the optimizer step (kept on the device: no host sync here)
+        self._finite_flags = finite_flags(loss, features)
         # not on the progress bar: that would read the loss back to the host every step
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP the logged values are means over all ranks' samples (an all-reduce, no
+        # host sync; a no-op on one process)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         if alpha == 0:
             acc = (logits.argmax(dim=1) == y).float().mean()
-            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
+            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -292,9 +302,18 @@ class LongTailModule(L.LightningModule):
 
     def _log_shot_metrics(self, metrics: ShotAccuracy, prefix: str) -> dict[str, Tensor]:
         values = metrics.compute()  # reduced across ranks by torchmetrics: identical everywhere
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        self.log_reduced({f"{prefix}/{k}": v for k, v in values.items()})
         metrics.reset()
         return values
+
+    def log_reduced(self, values: dict[str, Tensor | float]) -> None:
+        """Log epoch-level values that are already identical on every rank (a metric's ``compute``).
+
+        ``sync_dist=False`` (another reduction would only cost a collective), and Lightning's advice to
+        sync exactly these names is silenced so that users are not told their numbers are per-rank.
+        """
+        _silence_sync_dist_advice(list(values))
+        self.log_dict(values, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_shot_metrics(self.val_metrics, "val")
@@ -450,9 +469,42 @@ class LongTailModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        if self._mixup_gen is not None and self.hparams.mixup_alpha > 0:
+            # every rank's mixup stream (uint8 state tensors: weights-only safe), for exact mid-epoch resume
+            state = self._mixup_gen.get_state()
+            states = self.all_gather(state) if self.trainer.world_size > 1 else state[None]
+            checkpoint[MIXUP_STATE_KEY] = {"epoch": self.current_epoch, "states": states.cpu()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._mixup_resume = checkpoint.get(MIXUP_STATE_KEY)
         self._agd_initialized = True  # trained weights: a later fit must not re-initialise them
+
+    def on_train_start(self) -> None:
+        loop = self.trainer.fit_loop
+        # configure_optimizers reads estimated_stepping_batches, which builds the training loader before
+        # Lightning restores the loops; the fit loop then keeps that loader and never loads the
+        # checkpoint's loader state (the position within the epoch). Rebuilding it here, after the
+        # restore and before the first batch, loads that state: exact mid-epoch resume.
+        if loop.restarting and getattr(loop, "_combined_loader_states_to_load", None):
+            loop._combined_loader = None
+            loop.setup_data()
+        resumed, self._mixup_resume = self._mixup_resume, None
+        if resumed is not None and resumed["epoch"] == self.current_epoch:
+            # resumed mid-epoch (on_train_epoch_start is not called again): continue this rank's stream
+            states = resumed["states"]
+            self._mixup_gen = torch.Generator()
+            self._mixup_gen.set_state(states[min(self.global_rank, len(states) - 1)])
+
+
+def _silence_sync_dist_advice(names: Sequence[str]) -> None:
+    """Silence Lightning's advice to pass ``sync_dist=True`` for exactly these already-reduced values.
+
+    Lightning warns on every distributed epoch-level ``self.log(..., sync_dist=False)``; for a value a
+    torchmetrics ``compute`` has already reduced over ranks the advice is wrong (syncing again would only
+    cost a collective), and it tells users their numbers are not global.
+    """
+    pattern = "|".join(re.escape(n) for n in names)
+    warnings.filterwarnings("ignore", message=rf".*self\.log\('({pattern})'.*sync_dist=True")
 
 
 #: columns of the per-class table logged at test
@@ -485,18 +537,28 @@ def _step_lr_factor(step: int, *, steps_per_epoch: float, epoch_offset: int = 0,
 def load_module_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> LongTailModule:
     """Rebuild any lt_lightning method from its checkpoint (the class is read from the checkpoint).
 
+    The file is read with ``torch.load(weights_only=True)`` (see :mod:`lt_lightning.checkpoints`): a
+    checkpoint from someone else cannot run code, and the class it names must be a ``LongTailModule``.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a checkpoint written by an lt_lightning module.
+        ValueError: the file is empty, corrupt, holds non-weights objects, or is not a checkpoint written
+            by an lt_lightning module.
     """
-    import os
+    from lt_lightning.checkpoints import load_checkpoint_file
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"stage-1 checkpoint not found: {path!r}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    class_path = ckpt.get(CLASS_PATH_KEY) if isinstance(ckpt, dict) else None
-    if class_path is None:
-        raise ValueError(f"{path!r} is not a checkpoint of an lt_lightning module (no {CLASS_PATH_KEY!r})")
+    what = "stage-1 checkpoint"
+    ckpt = load_checkpoint_file(path, map_location="cpu", what=what)
+    class_path = ckpt.get(CLASS_PATH_KEY)
+    if not isinstance(class_path, str) or "state_dict" not in ckpt:
+        raise ValueError(
+            f"{what} {path!r} is not a checkpoint of an lt_lightning module (no {CLASS_PATH_KEY!r})"
+        )
     module_name, _, cls_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.load_from_checkpoint(path, map_location=map_location)
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{what} {path!r} names the class {class_path!r}, which cannot be imported") from err
+    if not (isinstance(cls, type) and issubclass(cls, LongTailModule)):
+        raise ValueError(f"{what} {path!r} names {class_path!r}, which is not an lt_lightning LongTailModule")
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)

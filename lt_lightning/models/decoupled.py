@@ -14,6 +14,7 @@ checkpoint), keeps its backbone and neck frozen, and replaces the classifier:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -62,13 +63,13 @@ class DecoupledModule(LongTailModule):
     def __init__(
         self,
         stage1_checkpoint: str,
-        mode: str = "crt",
-        bn_mode: str = "reestimate",
+        mode: Literal[MODES] = "crt",
+        bn_mode: Literal[BN_MODES] = "reestimate",
         tau: float | None = None,
         tau_grid: Sequence[float] = TAU_GRID,
         ncm_center: bool = True,
         ncm_normalize: bool = True,
-        ncm_metric: str = "euclidean",
+        ncm_metric: Literal["euclidean", "cosine"] = "euclidean",
         num_classes: int = 10,
         **kwargs,
     ) -> None:
@@ -199,9 +200,8 @@ class DecoupledModule(LongTailModule):
         results = self.tau_sweep.compute()
         best = self.tau_sweep.best(results)
         if log:
-            for value, res in zip(self.tau_sweep.values, results):
-                self.log(f"val/tau_norm/acc@{value:g}", res["acc"])
-            self.log("val/tau_norm/best_tau", self.tau_sweep.values[best])
+            swept = {f"val/tau_norm/acc@{v:g}": res["acc"] for v, res in zip(self.tau_sweep.values, results)}
+            self.log_reduced({**swept, "val/tau_norm/best_tau": self.tau_sweep.values[best]})
         self.head.set_tau(self.tau_sweep.values[best])
         self.post_hoc_ready.fill_(True)
         self.tau_sweep.reset()
@@ -244,6 +244,7 @@ class DecoupledModule(LongTailModule):
         self._prepare_post_hoc()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         # A fixed ``tau`` given now (config or command line) wins over the τ stored in the checkpoint's head:
         # evaluation options are honoured at test time (the stored base weight is the stage-1 one).
         tau = self.hparams.tau
@@ -271,5 +272,5 @@ class DecoupledModule(LongTailModule):
         if self.tau_sweep is None:
             return super().on_validation_epoch_end()
         chosen = self._tau_sweep_finish(log=True)
-        self.log_dict({f"val/{k}": v for k, v in chosen.items()})
+        self.log_reduced({f"val/{k}": v for k, v in chosen.items()})
         self.val_metrics.reset()

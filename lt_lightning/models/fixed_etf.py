@@ -3,13 +3,15 @@ Zhu et al. NeurIPS 2021)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lt_lightning.losses import dot_regression_loss
 from lt_lightning.models.base import LongTailModule
-from lt_lightning.nn.heads import ETFHead
+from lt_lightning.nn.heads import NECK_MODES, ETFHead
 
 __all__ = ["FixedETFModule"]
 
@@ -43,7 +45,7 @@ class FixedETFModule(LongTailModule):
         reg_lambda: float = 0.0,
         learnable_bias: bool = False,
         etf_seed: int = 0,
-        neck: str = "bn_l2",
+        neck: Literal[NECK_MODES] = "bn_l2",
         **kwargs,
     ) -> None:
         if loss not in LOSSES:

@@ -130,6 +130,7 @@ class ImplicitETFModule(LongTailModule):
         return self.head(features)
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         self._initialized = bool(self.head.initialized)  # one read at the start (resumed runs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -93,9 +93,9 @@ class TDEModule(LongTailModule):
             return
         results = self.alpha_sweep.compute()
         for value, res in zip(self.alpha_sweep.values, results):
-            self.log_dict({f"val/tde_alpha/{k}@{value:g}": v for k, v in res.items() if k.endswith("acc")})
+            self.log_reduced({f"val/tde_alpha/{k}@{value:g}": v for k, v in res.items() if k.endswith("acc")})
         best = self.alpha_sweep.best(results)
-        self.log("val/tde_alpha/best_alpha", self.alpha_sweep.values[best])
+        self.log_reduced({"val/tde_alpha/best_alpha": self.alpha_sweep.values[best]})
         self.alpha_sweep.reset()
         if self.hparams.alpha_from_validation and not self.trainer.sanity_checking:
             self._check_val_is_not_test()

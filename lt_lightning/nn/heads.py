@@ -83,6 +83,8 @@ class LinearHead(nn.Linear):
 
 
 _NECK_MODES = ("none", "bn", "l2", "bn_l2")
+#: the ``neck`` values of :class:`FeatureNeck` (public: the CLI types ``neck`` options with it)
+NECK_MODES = _NECK_MODES
 
 
 class FeatureNeck(nn.Module):
