@@ -100,7 +100,7 @@ class LongTailDataModule(L.LightningDataModule):
         global_batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        sampler: Literal[SAMPLERS] = "instance",
+        sampler: Literal[SAMPLERS + BATCH_SAMPLERS] = "instance",
         sampler_q: float | None = None,
         samples_per_class: int = 4,
         sampler_epochs: int | None = None,

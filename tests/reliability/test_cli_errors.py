@@ -21,7 +21,7 @@ DIGITS = ROOT / "configs" / "digits_lt"
         (
             "joint",
             ["--data.init_args.sampler", "classs"],
-            "--data.init_args.sampler: got 'classs'; valid: instance, class, sqrt, power, progressive",
+            "--data.init_args.sampler: got 'classs'; valid: instance, class, sqrt, power, progressive, stratified",
         ),
         (
             "joint",
@@ -31,7 +31,7 @@ DIGITS = ROOT / "configs" / "digits_lt"
         (
             "joint",
             ["--model.init_args.optimizer", "adam"],
-            "--model.init_args.optimizer: got 'adam'; valid: sgd, adamw",
+            "--model.init_args.optimizer: got 'adam'; valid: sgd, adamw, agd",
         ),
         (
             "joint",
