@@ -39,7 +39,8 @@ def stage1_ckpt(tmp_path_factory):
 
 
 def _decoupled(stage1_ckpt, mode, **kwargs):
-    dm = synthetic_dm()
+    # tau_norm picks tau on a validation split apart from the test split
+    dm = synthetic_dm(val_per_class=8) if mode == "tau_norm" else synthetic_dm()
     kw = model_kwargs(dm, stage1_checkpoint=stage1_ckpt, mode=mode, **kwargs)
     for k in ("backbone", "backbone_kwargs"):
         kw.pop(k)

@@ -82,7 +82,7 @@ def test_the_console_prints_one_line_and_exits_non_zero(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "lt-lightning: error: --data.init_args.sampler: got 'classs'; valid: instance, class, sqrt, power, "
-        "progressive"
+        "progressive, stratified"
     ]
     assert not (tmp_path / "runs").exists()
 

@@ -46,7 +46,7 @@ def _check_nc(record: dict, out: Path) -> None:
     assert "nc/train/nc1" in record["fit"] and "nc/val/acc" in record["fit"]
     assert 0.0 <= record["test"]["test/acc"] <= 1.0
     figures = list(out.glob("runs/lightning_logs/version_*/nc_figures/*.png"))
-    assert len(figures) == 2 * 2 * 4  # 2 epochs x (train, val) x 4 figures, from rank 0 only
+    assert len(figures) == 2 * 2 * 5  # 2 epochs x (train, val) x 5 figures, from rank 0 only
 
 
 @pytest.fixture(scope="module")
