@@ -50,8 +50,9 @@ class DecoupledModule(LongTailModule):
             statistics follow the stage-2 sampler) or ``"frozen"`` (backbone and neck in eval mode).
         tau: fixed τ for ``tau_norm`` (``None``: choose on validation over ``tau_grid`` by top-1).
         tau_grid: τ values swept (Kang: 0, 0.1, …, 2.0).
-        ncm_center, ncm_normalize, ncm_metric: NCM options (Kang's default: centre on the training mean,
-            L2-normalise, Euclidean score).
+        ncm_center: NCM subtracts the mean training feature first (Kang's default).
+        ncm_normalize: NCM L2-normalises the (centred) features and class means (Kang's default).
+        ncm_metric: NCM's score: negative ``"euclidean"`` distance (Kang's default) or ``"cosine"``.
         num_classes: K of the data (must equal the checkpoint's).
         **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments (optimiser, schedule, …).
 

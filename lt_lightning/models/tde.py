@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lt_lightning.models.base import LongTailModule
+from lt_lightning.models.base import Backbone, LongTailModule
 from lt_lightning.models.sweeps import AccuracySweep
 from lt_lightning.nn.heads import CausalNormHead
 
@@ -22,7 +22,9 @@ class TDEModule(LongTailModule):
     other shot accuracies), plus ``val/tde_alpha/best_alpha``.
 
     Args:
-        num_heads, tau, gamma: the causal-norm head (defaults 2, 16, 1/32).
+        num_heads: number of heads of the causal-norm (multi-head normed) classifier (Tang: 2).
+        tau: logit scale of the causal-norm head (Tang: 16).
+        gamma: weight-norm offset γ of the causal-norm head (Tang: 1/32).
         embed_momentum: μ of the moving average x̄ ← μ·x̄ + mean_batch(x): a number (CIFAR: 0.9) or ``"lr"``
             for Tang's ImageNet-style rule μ = 1 − 0.1·min(50·lr, 1), recomputed every epoch from the
             current learning rate. (Named apart from the optimiser's ``momentum``, which SGD keeps.)
@@ -44,7 +46,7 @@ class TDEModule(LongTailModule):
         alpha: float = 1.0,
         alpha_grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
         alpha_from_validation: bool = False,
-        backbone: str | nn.Module = "resnet32_tde",
+        backbone: Backbone = "resnet32_tde",
         **kwargs,
     ) -> None:
         if isinstance(embed_momentum, str) and embed_momentum != "lr":
