@@ -95,7 +95,7 @@ def test_seeds_through_the_cli(tmp_path, monkeypatch):
     dm.setup("test")
     weights = []
     for run in summary["runs"]:
-        ckpt = tmp_path / f"out/seed{run['seed']}/runs/digits_lt/joint/last.ckpt"
+        ckpt = tmp_path / f"out/seed{run['seed']}/runs/digits_lt/joint/seed{run['seed']}/last.ckpt"
         model = load_module_from_checkpoint(str(ckpt)).eval()
         weights.append(model.head.weight.detach())
         correct = n = 0

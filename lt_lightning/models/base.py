@@ -36,6 +36,7 @@ __all__ = [
     "PER_CLASS_COLUMNS",
     "LongTailModule",
     "load_module_from_checkpoint",
+    "module_class",
     "per_class_rows",
 ]
 
@@ -564,11 +565,22 @@ def load_module_from_checkpoint(path: str, map_location: str | torch.device = "c
         raise ValueError(
             f"{what} {path!r} is not a checkpoint of an lt_lightning module (no {CLASS_PATH_KEY!r})"
         )
-    module_name, _, cls_name = class_path.rpartition(".")
+    cls = module_class(class_path, f"{what} {path!r}")
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def module_class(class_path: str, where: str = "class_path") -> type[LongTailModule]:
+    """The :class:`LongTailModule` subclass named by ``class_path`` (``"pkg.module.Class"``).
+
+    Raises:
+        ValueError: the name cannot be imported or is not a ``LongTailModule`` subclass (``where`` says
+            which file or option named it).
+    """
+    module_name, _, cls_name = str(class_path).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"{what} {path!r} names the class {class_path!r}, which cannot be imported") from err
+        raise ValueError(f"{where} names the class {class_path!r}, which cannot be imported") from err
     if not (isinstance(cls, type) and issubclass(cls, LongTailModule)):
-        raise ValueError(f"{what} {path!r} names {class_path!r}, which is not an lt_lightning LongTailModule")
-    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        raise ValueError(f"{where} names {class_path!r}, which is not an lt_lightning LongTailModule")
+    return cls

@@ -21,7 +21,7 @@ DIGITS = ROOT / "configs" / "digits_lt"
         (
             "joint",
             ["--data.init_args.sampler", "classs"],
-            "--data.init_args.sampler: got 'classs'; valid: instance, class, sqrt, power, progressive",
+            "--data.init_args.sampler: got 'classs'; valid: instance, class, sqrt, power, progressive, stratified",
         ),
         (
             "joint",
@@ -31,7 +31,7 @@ DIGITS = ROOT / "configs" / "digits_lt"
         (
             "joint",
             ["--model.init_args.optimizer", "adam"],
-            "--model.init_args.optimizer: got 'adam'; valid: sgd, adamw",
+            "--model.init_args.optimizer: got 'adam'; valid: sgd, adamw, agd",
         ),
         (
             "joint",
@@ -82,7 +82,7 @@ def test_the_console_prints_one_line_and_exits_non_zero(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "lt-lightning: error: --data.init_args.sampler: got 'classs'; valid: instance, class, sqrt, power, "
-        "progressive"
+        "progressive, stratified"
     ]
     assert not (tmp_path / "runs").exists()
 
@@ -95,4 +95,4 @@ def test_a_diverging_run_exits_non_zero_without_a_checkpoint(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lt-lightning: error: NonFiniteError: non-finite loss")
     assert "at training step" in last
-    assert not list(tmp_path.glob("runs/digits_lt/joint/*.ckpt"))  # diverged in epoch 0: nothing saved
+    assert not list(tmp_path.glob("runs/digits_lt/joint/seed0/*.ckpt"))  # diverged in epoch 0: nothing saved
