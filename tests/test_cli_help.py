@@ -87,3 +87,24 @@ def test_feature_dim_refuses_a_module_without_it():
     bad.num_features = 0
     with pytest.raises(ValueError, match="num_features must be an int >= 1"):
         feature_dim_of(bad)
+
+
+class _TimmJointModule(JointModule):
+    """The README's pattern: a subclass that builds a timm-style backbone from plain arguments."""
+
+    def __init__(self, width: int = 6, **kwargs):
+        super().__init__(backbone=_TimmLike(width), **kwargs)
+
+
+def test_a_subclass_building_its_backbone_is_a_config_friendly_method():
+    model = _TimmJointModule(width=5, num_classes=3)
+    assert model.hparams.width == 5 and "backbone" not in model.hparams  # modules are not hyper-parameters
+    again = _TimmJointModule(**model.hparams)  # what load_from_checkpoint does
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    # the CLI offers its own arguments, not a backbone option
+    parser = ArgumentParser()
+    parser.add_class_arguments(_TimmJointModule, "x")
+    options = {o for a in parser._actions for o in a.option_strings}
+    assert "--x.width" in options and "--x.backbone" not in options and "--x.lr" in options
