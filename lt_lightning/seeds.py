@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lt-lightning seeds",
         description="Fit and test CONFIG once per seed; write OUT/summary.json and OUT/summary.md. "
-        "Further arguments are LightningCLI overrides (e.g. --trainer.max_epochs 5); --trainer.* "
-        "overrides also apply to the stage-1 run of a two-stage config.",
+        "Further arguments are LightningCLI overrides (e.g. --trainer.max_epochs 5); --trainer.* and "
+        "--overwrite_run overrides also apply to the stage-1 run of a two-stage config.",
     )
     p.add_argument("-c", "--config", required=True, help="a method config (e.g. configs/digits_lt/crt.yaml)")
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds, e.g. 0 1 2")
@@ -230,11 +230,12 @@ def run_seeds(
 
 
 def _trainer_overrides(overrides: Sequence[str]) -> list[str]:
-    """The ``--trainer.*`` options (with their values) among ``overrides``."""
+    """The ``--trainer.*`` options and ``--overwrite_run`` (with their values) among ``overrides``: they
+    apply to the stage-1 run too."""
     picked, i = [], 0
     while i < len(overrides):
         arg = overrides[i]
-        if arg.startswith("--trainer."):
+        if arg.startswith(("--trainer.", "--overwrite_run")):
             picked.append(arg)
             if "=" not in arg and i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
                 picked.append(overrides[i + 1])
