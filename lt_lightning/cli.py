@@ -200,6 +200,10 @@ class LTLightningCLI(LightningCLI):
         self._refuse_linked_model_options()
         sub = self.config.get("subcommand")
         ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and SEED_PLACEHOLDER in ckpt:  # read before the rest of the config is filled in
+            ckpt = self.config[sub]["ckpt_path"] = substitute_seed(
+                ckpt, self.config[sub].get("seed_everything"), "ckpt_path"
+            )
         if sub not in EVAL_SUBCOMMANDS or not ckpt or not os.path.isfile(ckpt):
             return super()._parse_ckpt_path()
         given = dict(vars(self.config[sub].model.get("init_args") or {}))

@@ -32,7 +32,7 @@ def test_seed_placeholder_is_filled_everywhere():
         substitute_seed(Namespace(model=Namespace(init_args=Namespace(stage1_checkpoint="s{seed}"))), None)
 
 
-def _test_metrics(config: str, ckpt: Path) -> dict[str, float]:
+def _test_metrics(config: str, ckpt: Path | str) -> dict[str, float]:
     cli = build_cli(["test", "-c", str(CONFIGS / config), "--ckpt_path", str(ckpt)])
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
 
@@ -52,6 +52,8 @@ def test_stage2_checkpoint_evaluates_without_the_stage1_run(tmp_path, monkeypatc
     for mode, ckpt in (("crt", crt), ("lws", lws)):
         after = _test_metrics(f"digits_lt/{mode}.yaml", ckpt)
         assert after == before[mode] and "test/few_acc" in after
+    # --ckpt_path may name the run folder by {seed} too
+    assert _test_metrics("digits_lt/crt.yaml", "runs/digits_lt/crt/seed{seed}/last.ckpt") == before["crt"]
     # from Python too: the architecture comes from the stage-2 hyper-parameters, the weights from its state
     model = DecoupledModule.load_from_checkpoint(str(crt), weights_only=True)
     state = torch.load(crt, weights_only=True)["state_dict"]
