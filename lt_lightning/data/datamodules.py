@@ -44,6 +44,9 @@ from lt_lightning.data.transforms import (
     small_image_transforms,
 )
 
+#: names of :data:`~lt_lightning.data.transforms.NORMALIZATION` (the ``normalization`` option's choices)
+NORMALIZATIONS = tuple(NORMALIZATION)
+
 __all__ = [
     "CIFAR10LTDataModule",
     "CIFAR100LTDataModule",
@@ -417,7 +420,7 @@ class _InMemoryLTDataModule(LongTailDataModule):
         val_per_class: int = 0,
         download: bool = False,
         augment: bool = True,
-        normalization: str | None = None,
+        normalization: Literal[NORMALIZATIONS] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)

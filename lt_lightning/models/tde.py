@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ class TDEModule(LongTailModule):
         num_heads: int = 2,
         tau: float = 16.0,
         gamma: float = 1 / 32,
-        embed_momentum: float | str = 0.9,
+        embed_momentum: float | Literal["lr"] = 0.9,
         alpha: float = 1.0,
         alpha_grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
         alpha_from_validation: bool = False,
