@@ -2,8 +2,8 @@
 
     lt-lightning fit -c configs/digits_lt/joint.yaml
     lt-lightning test -c configs/digits_lt/tau_norm.yaml --model.init_args.stage1_checkpoint run.ckpt
-    lt-lightning test -c configs/digits_lt/tde.yaml --ckpt_path runs/digits_lt/tde/last.ckpt --model.init_args.alpha 3
-    lt-lightning predict -c configs/digits_lt/joint.yaml --ckpt_path runs/digits_lt/joint/last.ckpt
+    lt-lightning test -c configs/digits_lt/tde.yaml --ckpt_path runs/digits_lt/tde/seed0/last.ckpt --model.init_args.alpha 3
+    lt-lightning predict -c configs/digits_lt/joint.yaml --ckpt_path runs/digits_lt/joint/seed0/last.ckpt
     lt-lightning seeds -c configs/digits_lt/joint.yaml --seeds 0 1 2 --out runs/seeds/joint
 
 ``num_classes``, ``class_counts`` and the shot-group thresholds are linked from the datamodule into the
@@ -13,6 +13,7 @@ model. The default logger is W&B (offline when there is no API key or network), 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
@@ -22,6 +23,7 @@ from argparse import ArgumentError
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -45,6 +47,7 @@ __all__ = [
     "format_metrics_table",
     "format_parser_error",
     "main",
+    "substitute_seed",
 ]
 
 #: model options linked from the datamodule (override them with ``--data.init_args.<name>``)
@@ -58,6 +61,10 @@ REFUSED_EVAL_OPTIONS = ("ncm_center", "ncm_normalize", "mode")
 #: the rows of the end-of-run metric tables (``{split}`` is val or test)
 SUMMARY_KEYS = ("acc", "balanced_acc", "many_acc", "medium_acc", "few_acc", "loss")
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+#: stage-2 options a checkpoint supplies silently: its state dict holds the stage-1 weights
+STAGE1_OPTIONS = ("stage1_checkpoint", "stage1_module")
+#: the placeholder for ``seed_everything`` in config strings (run folders, ``stage1_checkpoint``)
+SEED_PLACEHOLDER = "{seed}"
 
 
 def default_logger(save_dir: str = "runs") -> dict:
@@ -93,8 +100,44 @@ def format_metrics_table(metrics: Mapping[str, Any], split: str, title: str | No
     return "\n".join(lines)
 
 
+def substitute_seed(value: Any, seed: int | None, where: str = "") -> Any:
+    """``value`` (a config: Namespace, dict, list or str) with ``{seed}`` in every string replaced by
+    ``seed``; namespaces and dicts are changed in place.
+
+    Raises:
+        ValueError: a string holds ``{seed}`` but ``seed`` is ``None`` (``seed_everything: false``).
+    """
+    if isinstance(value, str):
+        if SEED_PLACEHOLDER not in value:
+            return value
+        if seed is None or isinstance(seed, bool):
+            raise ValueError(
+                f"{where or 'a config value'}={value!r} uses {SEED_PLACEHOLDER} but seed_everything is "
+                f"{seed!r}: set --seed_everything to an int"
+            )
+        return value.replace(SEED_PLACEHOLDER, str(int(seed)))
+    if isinstance(value, Namespace):
+        for key in list(vars(value)):
+            setattr(value, key, substitute_seed(getattr(value, key), seed, f"{where}.{key}".lstrip(".")))
+        return value
+    if isinstance(value, dict):
+        for key in list(value):
+            value[key] = substitute_seed(value[key], seed, f"{where}.{key}".lstrip("."))
+        return value
+    if isinstance(value, list):
+        return [substitute_seed(v, seed, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
 class LTLightningCLI(LightningCLI):
     """LightningCLI with the datamodule's facts linked into the model, and:
+
+    - ``{seed}`` in any config string (checkpoint folders, ``stage1_checkpoint``) becomes the run's
+      ``seed_everything``, so each seed has its own run folder and stage 2 reads the stage-1 run of its
+      own seed;
+    - ``fit`` refuses to start in a checkpoint folder that already holds a previous run's ``*.ckpt``
+      (resume it with ``--ckpt_path``, or replace it with ``--overwrite_run true``), so a stage 2 never
+      reads a stale ``last.ckpt`` next to ``last-v1.ckpt``;
 
     - ``fit`` prints the final validation metrics (``--test_after_fit true`` also tests the final
       model and prints the test metrics);
@@ -121,6 +164,13 @@ class LTLightningCLI(LightningCLI):
             type=bool,
             default=False,
             help="fit: after training, test the final model and print the test metrics",
+        )
+        parser.add_argument(
+            "--overwrite_run",
+            type=bool,
+            default=False,
+            help="fit: delete the *.ckpt files a previous run left in the checkpoint folders and start "
+            "afresh (default: refuse to start there)",
         )
 
     # ---- evaluation options over a checkpoint's hyper-parameters ---------------------------------------
@@ -150,6 +200,10 @@ class LTLightningCLI(LightningCLI):
         self._refuse_linked_model_options()
         sub = self.config.get("subcommand")
         ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and SEED_PLACEHOLDER in ckpt:  # read before the rest of the config is filled in
+            ckpt = self.config[sub]["ckpt_path"] = substitute_seed(
+                ckpt, self.config[sub].get("seed_everything"), "ckpt_path"
+            )
         if sub not in EVAL_SUBCOMMANDS or not ckpt or not os.path.isfile(ckpt):
             return super()._parse_ckpt_path()
         given = dict(vars(self.config[sub].model.get("init_args") or {}))
@@ -161,7 +215,7 @@ class LTLightningCLI(LightningCLI):
         changed = {
             k: (given[k], saved[k])
             for k in given
-            if k in saved and k not in LINKED_TARGETS and _differs(given[k], saved[k])
+            if k in saved and k not in (*LINKED_TARGETS, *STAGE1_OPTIONS) and _differs(given[k], saved[k])
         }
         refused = {k: v for k, v in changed.items() if k in REFUSED_EVAL_OPTIONS}
         if refused:
@@ -196,6 +250,34 @@ class LTLightningCLI(LightningCLI):
                 f"UNTRAINED model. Pass --ckpt_path <run>/last.ckpt to evaluate a trained one.\n{'!' * 100}"
             )
             rank_zero_warn(message)
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        substitute_seed(config, config.get("seed_everything"))
+
+    def before_fit(self) -> None:
+        """Refuse (or, with ``--overwrite_run``, clear) checkpoint folders holding a previous run."""
+        options = self.config_init["fit"]
+        if options.get("ckpt_path"):
+            return  # resuming the run that is there
+        for callback in self.trainer.checkpoint_callbacks:
+            folder = getattr(callback, "dirpath", None)
+            if not folder or not os.path.isdir(folder):
+                continue
+            old = sorted(name for name in os.listdir(folder) if name.endswith(".ckpt"))
+            if not old:
+                continue
+            if not options.get("overwrite_run"):
+                raise FileExistsError(
+                    f"{folder} holds checkpoints of a previous run ({', '.join(old[:3])}"
+                    f"{', …' if len(old) > 3 else ''}): resume it with --ckpt_path {os.path.join(folder, 'last.ckpt')}, "
+                    "replace it with --overwrite_run true, or use another seed (--seed_everything) or folder"
+                )
+            if self.trainer.is_global_zero:
+                for name in old:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
 
     def before_validate(self) -> None:
         self._warn_if_untrained("validate")
@@ -259,6 +341,7 @@ _USER_ERRORS = (
     TypeError,
     FileNotFoundError,
     NotADirectoryError,
+    FileExistsError,
     IsADirectoryError,
     PermissionError,
     NonFiniteError,

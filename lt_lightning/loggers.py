@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import netrc
 import os
+import shutil
 import socket
+from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["WandbLoggerOfflineSafe", "wandb_mode"]
+__all__ = ["FAILED_RUNS_DIR", "WandbLoggerOfflineSafe", "wandb_mode"]
+
+#: where a failed run's W&B offline folder goes, beside ``<save_dir>/wandb`` (``wandb sync`` skips it)
+FAILED_RUNS_DIR = "wandb-failed"
 
 _WANDB_HOST = "api.wandb.ai"
 
@@ -46,6 +52,11 @@ class WandbLoggerOfflineSafe(WandbLogger):
     """Lightning's ``WandbLogger`` with the mode decided by :func:`wandb_mode` (set per run with
     ``mode=``, not through the process-wide ``WANDB_MODE``) and a bounded ``init_timeout``.
 
+    A run that fails (an exception in ``fit``/``test``/…, e.g. a diverged loss or Ctrl-C) and logged
+    offline is finished with exit code 1 and its ``offline-run-*`` folder is moved from
+    ``<save_dir>/wandb/`` to ``<save_dir>/wandb-failed/``, so that ``wandb sync <save_dir>/wandb`` (or
+    ``wandb sync <save_dir>``) never uploads it; ``wandb sync <that folder>`` still can, deliberately.
+
     Args:
         mode: ``"online"``, ``"offline"``, ``"disabled"`` or ``None`` (decide automatically).
         init_timeout: seconds W&B may wait for its service at start-up.
@@ -57,3 +68,23 @@ class WandbLoggerOfflineSafe(WandbLogger):
 
         kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout, silent=True))
         super().__init__(mode=wandb_mode(mode), **kwargs)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if status == "failed":
+            self._set_aside_failed_offline_run()
+
+    def _set_aside_failed_offline_run(self) -> None:
+        run = self._experiment
+        run_dir = Path(run.dir).parent if run is not None and getattr(run, "dir", None) else None
+        if run_dir is None or not run_dir.name.startswith("offline-run-"):
+            return  # online runs are already on the server, marked failed by wandb
+        run.finish(exit_code=1)
+        target = run_dir.parent.parent / FAILED_RUNS_DIR / run_dir.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run_dir), str(target))
+        latest = run_dir.parent / "latest-run"
+        if latest.is_symlink() and not latest.exists():  # pointed at the folder just moved
+            latest.unlink()
+        print(f"[lt-lightning] the run failed: its W&B offline run is set aside in {target} (not synced)")

@@ -3,10 +3,11 @@
     lt-lightning seeds -c configs/digits_lt/joint.yaml --seeds 0 1 2 --out runs/seeds/joint [overrides]
 
 Every seed runs in its own folder ``OUT/seed<s>/`` (the working directory of that run), so the configs'
-relative outputs (``runs/<dataset>/<method>/last.ckpt``, logs) never overwrite another seed's, and a
-stage-2 config's relative ``stage1_checkpoint`` finds the stage-1 run of the same seed: for a
-:class:`~lt_lightning.models.DecoupledModule` config the stage-1 config (``<stage-1 method>.yaml`` next to
-it, named by the checkpoint's folder, or ``--stage1_config``) is fitted first in the same folder.
+relative outputs (``runs/<dataset>/<method>/seed<s>/last.ckpt``, logs) never meet another seed's, and a
+stage-2 config's relative ``stage1_checkpoint`` (``runs/<dataset>/<stage-1 method>/seed{seed}/last.ckpt``)
+finds the stage-1 run of the same seed: for a :class:`~lt_lightning.models.DecoupledModule` config the
+stage-1 config (``<stage-1 method>.yaml`` next to it, named by the checkpoint's method folder, or
+``--stage1_config``) is fitted first in the same folder.
 
 ``OUT/summary.json`` and ``OUT/summary.md`` hold, per seed and as mean ± sample standard deviation
 (n − 1), the test top-1, balanced accuracy, many/medium/few accuracy and the final NC1 (train features).
@@ -46,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lt-lightning seeds",
         description="Fit and test CONFIG once per seed; write OUT/summary.json and OUT/summary.md. "
-        "Further arguments are LightningCLI overrides (e.g. --trainer.max_epochs 5); --trainer.* "
-        "overrides also apply to the stage-1 run of a two-stage config.",
+        "Further arguments are LightningCLI overrides (e.g. --trainer.max_epochs 5); --trainer.* and "
+        "--overwrite_run overrides also apply to the stage-1 run of a two-stage config.",
     )
     p.add_argument("-c", "--config", required=True, help="a method config (e.g. configs/digits_lt/crt.yaml)")
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds, e.g. 0 1 2")
@@ -76,9 +77,12 @@ def _stage1_config(config: Path, cfg: dict, explicit: str | None) -> Path | None
     if not ckpt or os.path.isabs(ckpt):
         raise ValueError(
             f"{config}: cannot find the stage-1 config of stage1_checkpoint={ckpt!r} (a relative "
-            "runs/<dataset>/<method>/last.ckpt is expected); pass --stage1_config"
+            "runs/<dataset>/<method>/seed{seed}/last.ckpt is expected); pass --stage1_config"
         )
-    candidate = config.parent / f"{Path(ckpt).parent.name}.yaml"
+    folder = Path(ckpt).parent
+    if folder.name.startswith("seed"):  # runs/<dataset>/<method>/seed{seed}/last.ckpt
+        folder = folder.parent
+    candidate = config.parent / f"{folder.name}.yaml"
     if not candidate.is_file():
         raise ValueError(f"{config}: stage-1 config {candidate} not found; pass --stage1_config")
     return candidate
@@ -226,11 +230,12 @@ def run_seeds(
 
 
 def _trainer_overrides(overrides: Sequence[str]) -> list[str]:
-    """The ``--trainer.*`` options (with their values) among ``overrides``."""
+    """The ``--trainer.*`` options and ``--overwrite_run`` (with their values) among ``overrides``: they
+    apply to the stage-1 run too."""
     picked, i = [], 0
     while i < len(overrides):
         arg = overrides[i]
-        if arg.startswith("--trainer."):
+        if arg.startswith(("--trainer.", "--overwrite_run")):
             picked.append(arg)
             if "=" not in arg and i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
                 picked.append(overrides[i + 1])

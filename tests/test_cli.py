@@ -28,11 +28,11 @@ def test_datamodule_facts_are_linked_into_the_model(tmp_path, monkeypatch):
 def test_two_stage_flow_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     build_cli(["fit", "--config", str(CONFIGS / "digits_lt/joint.yaml"), *FAST])
-    ckpt = tmp_path / "runs/digits_lt/joint/last.ckpt"
+    ckpt = tmp_path / "runs/digits_lt/joint/seed0/last.ckpt"
     assert ckpt.is_file()
     for method in ("crt", "lws"):
         build_cli(["fit", "--config", str(CONFIGS / f"digits_lt/{method}.yaml"), *FAST])
-        assert (tmp_path / f"runs/digits_lt/{method}/last.ckpt").is_file()
+        assert (tmp_path / f"runs/digits_lt/{method}/seed0/last.ckpt").is_file()
     for method in ("tau_norm", "ncm"):
         cli = build_cli(["test", "--config", str(CONFIGS / f"digits_lt/{method}.yaml")])
         metrics = cli.trainer.callback_metrics

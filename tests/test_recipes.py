@@ -108,7 +108,9 @@ def test_nothing_is_tuned_on_the_test_split(name):
 )
 def test_stage2_uses_the_split_of_its_stage1(name):
     # the held-out images of stage 2 must not be training images of the stage-1 checkpoint it loads
-    stage1 = Path(_get(_load(name), "model.init_args.stage1_checkpoint")).parent.name
+    stage1 = Path(
+        _get(_load(name), "model.init_args.stage1_checkpoint")
+    ).parent.parent.name  # <method>/seed{seed}
     key = "data.init_args.val_per_class"
     s1, s2 = _get(_load(f"{name.split('/')[0]}/{stage1}"), key), _get(_load(name), key)
     if name.split("/")[0] == "digits_lt":

@@ -48,7 +48,15 @@ class _FakeRunner:
 def test_two_stage_post_hoc_config_runs_stage1_per_seed(tmp_path):
     runner = _FakeRunner()
     args = ["-c", str(CONFIGS / "digits_lt/tau_norm.yaml"), "--seeds", "3", "5", "--out", str(tmp_path)]
-    summary = run_seeds([*args, "--trainer.max_epochs", "2", "--model.init_args.tau_grid", "[0, 1]"], runner)
+    overrides = [
+        "--trainer.max_epochs",
+        "2",
+        "--model.init_args.tau_grid",
+        "[0, 1]",
+        "--overwrite_run",
+        "true",
+    ]
+    summary = run_seeds([*args, *overrides], runner)
     assert [c[:3] for c in runner.calls] == [
         ("joint.yaml", "fit", "seed3"),
         ("tau_norm.yaml", "test", "seed3"),
@@ -57,6 +65,7 @@ def test_two_stage_post_hoc_config_runs_stage1_per_seed(tmp_path):
     ]
     stage1_args, stage2_args = runner.calls[0][3], runner.calls[1][3]
     assert "--trainer.max_epochs" in stage1_args and "--model.init_args.tau_grid" not in stage1_args
+    assert stage1_args[stage1_args.index("--overwrite_run") + 1] == "true"  # a re-run replaces stage 1 too
     assert "--model.init_args.tau_grid" in stage2_args
     assert stage2_args[stage2_args.index("--model.init_args.seed") + 1] == "3"
     assert [r["metrics"]["nc/train/nc1"] for r in summary["runs"]] == [4.0, 6.0]  # stage 1's features
@@ -95,7 +104,7 @@ def test_seeds_through_the_cli(tmp_path, monkeypatch):
     dm.setup("test")
     weights = []
     for run in summary["runs"]:
-        ckpt = tmp_path / f"out/seed{run['seed']}/runs/digits_lt/joint/last.ckpt"
+        ckpt = tmp_path / f"out/seed{run['seed']}/runs/digits_lt/joint/seed{run['seed']}/last.ckpt"
         model = load_module_from_checkpoint(str(ckpt)).eval()
         weights.append(model.head.weight.detach())
         correct = n = 0

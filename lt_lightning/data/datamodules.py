@@ -44,6 +44,9 @@ from lt_lightning.data.transforms import (
     small_image_transforms,
 )
 
+#: names of :data:`~lt_lightning.data.transforms.NORMALIZATION` (the ``normalization`` option's choices)
+NORMALIZATIONS = tuple(NORMALIZATION)
+
 __all__ = [
     "CIFAR10LTDataModule",
     "CIFAR100LTDataModule",
@@ -81,7 +84,13 @@ class LongTailDataModule(L.LightningDataModule):
         samples_per_class: samples per class visit of the ``"class"`` sampler (Kang: 4).
         sampler_epochs: T of the ``"progressive"`` sampler (default: the trainer's ``max_epochs``).
         seed: seed of the split and of the sampler order.
-        many_threshold, few_threshold: shot-group thresholds (many > many, few < few).
+        pin_memory: DataLoader ``pin_memory`` (page-locked host batches for faster GPU copies).
+        persistent_workers: keep the DataLoader workers alive between epochs (needs ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch of every epoch.
+        many_threshold: classes with more training samples than this are many-shot.
+        few_threshold: classes with fewer training samples than this are few-shot.
+        shot_group_boundaries: ``[medium_start, few_start]`` class indices defining the shot groups by
+            class range instead of by count (Yang's CIFAR-100-LT: ``[36, 71]``).
         pipeline: ``"dataloader"`` (default: torchvision transforms in a DataLoader) or ``"device"``
             (in-memory datasets only: the data move once to the training device and each training
             batch is gathered and augmented there, see :mod:`lt_lightning.data.device_pipeline`;
@@ -111,7 +120,7 @@ class LongTailDataModule(L.LightningDataModule):
         many_threshold: int = 100,
         few_threshold: int = 20,
         shot_group_boundaries: Sequence[int] | None = None,
-        pipeline: str = "dataloader",
+        pipeline: Literal[PIPELINES] = "dataloader",
     ) -> None:
         super().__init__()
         if pipeline not in PIPELINES:
@@ -383,6 +392,18 @@ class _InMemoryLTDataModule(LongTailDataModule):
     ``normalization`` names another entry of :data:`~lt_lightning.data.transforms.NORMALIZATION` (e.g.
     ``"half"``, Normalize(0.5, 0.5) for 3-channel sets: Yang's SVHN-LT and STL-10-LT, which also do not
     augment).
+
+    Args:
+        data_dir: folder holding (or receiving, with ``download``) the dataset files.
+        imbalance_ratio: r = n_max / n_min of the training split (1: balanced).
+        profile: long-tail profile, ``"exp"`` (Cao et al.) or ``"step"``.
+        max_count: training images of the head class (default: the dataset's per-class size).
+        val_per_class: held-out training images per class for validation (0: validate on the test set).
+        download: download the dataset into ``data_dir`` if missing (torchvision).
+        augment: train with the dataset's usual augmentation (crop and flip); ``False``: plain images.
+        normalization: a key of :data:`~lt_lightning.data.transforms.NORMALIZATION` (default: the
+            dataset's own mean/std).
+        **kwargs: :class:`LongTailDataModule` arguments.
     """
 
     dataset_num_classes: int = 10
@@ -399,7 +420,7 @@ class _InMemoryLTDataModule(LongTailDataModule):
         val_per_class: int = 0,
         download: bool = False,
         augment: bool = True,
-        normalization: str | None = None,
+        normalization: Literal[NORMALIZATIONS] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -547,6 +568,10 @@ class SVHNLTDataModule(_InMemoryLTDataModule):
     ``min(int(len(split) / 10 * r^(-c/9)), available)`` images (first of the seed's per-class shuffle), and
     concatenated; ``imbalance_ratio=1`` keeps both splits whole. The class counts need the label files,
     so they are read at construction; ``max_count``/``profile``/``val_per_class`` do not apply.
+
+    Args:
+        extra: Yang's protocol: also use the ``extra`` split, each split made long-tailed on its own.
+        **kwargs: :class:`_InMemoryLTDataModule` arguments.
     """
 
     dataset_num_classes = 10
@@ -633,6 +658,16 @@ class DigitsLTDataModule(LongTailDataModule):
     long-tailed training split takes ``long_tail_counts(10, max_count, imbalance_ratio, profile)``.
     Inputs are ``[1, 8, 8]`` floats in [0, 1]. Default shot thresholds suit its size: many > 60,
     few < 20 (3 / 3 / 4 classes at the defaults). Runs anywhere, no download, seconds on a CPU.
+
+    Args:
+        imbalance_ratio: r = n_max / n_min of the training split.
+        profile: long-tail profile, ``"exp"`` or ``"step"``.
+        max_count: training images of the head class (at most 174 minus the test and validation ones).
+        test_per_class: images per class in the balanced test set.
+        val_per_class: images per class in a balanced validation set (0: validate on the test set).
+        many_threshold: classes with more training samples than this are many-shot.
+        few_threshold: classes with fewer training samples than this are few-shot.
+        **kwargs: :class:`LongTailDataModule` arguments.
     """
 
     def __init__(
@@ -691,6 +726,18 @@ class SyntheticLTDataModule(LongTailDataModule):
 
     Class centres are random directions of norm ``center_norm`` in ``feature_dim`` dimensions; samples
     are centre + ``noise_std`` · N(0, I). Everything is drawn from one generator seeded by ``seed``.
+
+    Args:
+        num_classes: K.
+        feature_dim: D, the dimension of the samples.
+        max_count: training samples of the head class.
+        imbalance_ratio: r = n_max / n_min of the training split.
+        profile: long-tail profile, ``"exp"`` or ``"step"``.
+        test_per_class: samples per class in the balanced test set.
+        val_per_class: samples per class in a balanced validation set (0: validate on the test set).
+        center_norm: norm of every class centre.
+        noise_std: standard deviation of the isotropic Gaussian noise around each centre.
+        **kwargs: :class:`LongTailDataModule` arguments.
     """
 
     def __init__(
@@ -739,6 +786,16 @@ class _SplitFileLTDataModule(LongTailDataModule):
     ``class_counts`` comes from the training split file, read in ``__init__``. Split files given as
     relative paths are looked up under ``data_dir`` first. With ``check_files`` every listed image is
     checked to exist in ``setup``.
+
+    Args:
+        data_dir: the image root (paths in the split files are relative to it).
+        train_file: training split file (default: the dataset's published name, under ``data_dir``).
+        val_file: validation split file (default: the dataset's published name).
+        test_file: test split file (default: the dataset's published name).
+        num_classes: K (default: the dataset's).
+        check_files: check in ``setup`` that every listed image exists.
+        image_size: side of the square training crop and evaluation centre crop.
+        **kwargs: :class:`LongTailDataModule` arguments.
     """
 
     supports_device_pipeline = False

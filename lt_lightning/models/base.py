@@ -27,7 +27,7 @@ from lt_lightning.losses import mixup_batch
 from lt_lightning.metrics import ShotAccuracy
 from lt_lightning.metrics.functional import SHOT_GROUP_NAMES
 from lt_lightning.models.schedules import LR_SCHEDULES, lr_factor
-from lt_lightning.nn.backbones import build_backbone
+from lt_lightning.nn.backbones import BACKBONE_NAMES, build_backbone, feature_dim_of
 from lt_lightning.nn.heads import NECK_MODES, FeatureNeck, LinearHead
 from lt_lightning.optim import AGD, agd_orthogonal_init_, check_agd_parameters
 
@@ -36,10 +36,16 @@ __all__ = [
     "PER_CLASS_COLUMNS",
     "LongTailModule",
     "load_module_from_checkpoint",
+    "module_class",
     "per_class_rows",
 ]
 
 OPTIMIZERS = ("sgd", "adamw", "agd")
+#: the ``backbone`` argument's annotation: a name that :func:`~lt_lightning.nn.backbones.build_backbone`
+#: accepts. The modules also take a ready ``nn.Module`` from Python (checked at run time); the annotation
+#: leaves it out on purpose, since jsonargparse would list every ``nn.Module`` subclass in ``--help``
+#: (it also evaluates ``TYPE_CHECKING`` blocks, so a checker-only union is no way around it).
+Backbone = Literal[BACKBONE_NAMES]
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
 CLASS_PATH_KEY = "lt_lightning_class_path"
 #: checkpoint key holding every rank's mixup generator state and its epoch (mid-epoch resume)
@@ -52,11 +58,12 @@ class LongTailModule(L.LightningModule):
     Args:
         num_classes: K (linked from the datamodule by the CLI).
         class_counts: ``[K]`` training counts (linked from the datamodule), for shot-group accuracy.
-        many_threshold, few_threshold: shot-group thresholds (linked from the datamodule).
+        many_threshold: classes with more training samples are many-shot (linked from the datamodule).
+        few_threshold: classes with fewer training samples are few-shot (linked from the datamodule).
         shot_groups: ``[K]`` explicit shot group per class (0 many, 1 medium, 2 few), overriding the
             thresholds (linked from the datamodule's ``shot_group_boundaries``, e.g. Yang's class ranges).
-        backbone: a name of :func:`lt_lightning.nn.backbones.build_backbone` or a ready ``nn.Module``
-            with an ``out_features`` attribute.
+        backbone: a name of :func:`lt_lightning.nn.backbones.build_backbone` or, from Python only, a
+            ready ``nn.Module`` with an int ``out_features`` or ``num_features`` (timm) attribute (d).
         backbone_kwargs: keyword arguments of the backbone (e.g. ``{"width": 32}`` for 128-d ResNet-32).
         fixdim: append a projection so the feature dimension equals K (Zhu et al.).
         trainable_backbone: if given, only backbone parameters whose names start with one of these
@@ -69,7 +76,10 @@ class LongTailModule(L.LightningModule):
             ``lr_schedule: constant`` without warm-up; only 2-d/4-d weights may train, e.g.
             ``backbone_kwargs.bn_affine: false``; the trainable weights get AGD's orthogonal init at the
             start of the first ``fit``, unless the module was loaded from a checkpoint).
-        lr, momentum, nesterov, weight_decay: optimiser settings (unused by ``"agd"``).
+        lr: peak learning rate (unused by ``"agd"``).
+        momentum: SGD momentum (unused by ``"adamw"`` and ``"agd"``).
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 weight decay of SGD, decoupled decay of AdamW (unused by ``"agd"``).
         gain: AGD's gain (multiplies every update; Markou et al.: 10).
         lr_schedule: ``"constant"``, ``"cosine"`` or ``"multistep"``.
         lr_interval: ``"step"`` (the factor follows the fractional epoch, smooth) or ``"epoch"`` (held
@@ -80,8 +90,10 @@ class LongTailModule(L.LightningModule):
             ``scheduler.step()`` at the start of every epoch, under PyTorch >= 1.1 the first epoch
             already trains at the factor of epoch 1: the last cosine epoch trains at lr 0 and each
             multistep decay comes one epoch early).
-        warmup_epochs, warmup_start_factor: linear warm-up from ``start·lr`` to ``lr`` over these epochs.
-        milestones, milestone_factors: multistep epochs and the cumulative lr factors from them on.
+        warmup_epochs: length of the linear learning-rate warm-up, in epochs (0 = none).
+        warmup_start_factor: the warm-up starts at ``warmup_start_factor · lr`` and ends at ``lr``.
+        milestones: epochs at which the ``"multistep"`` schedule steps down.
+        milestone_factors: cumulative lr factor from each milestone on (e.g. ``[0.1, 0.01]``).
         mixup_alpha: mixup's Beta(α, α) (0 = off); labels are mixed in the loss.
         seed: seed of the module's own randomness (mixup).
         channels_last: keep the backbone's weights and its image inputs in ``torch.channels_last``
@@ -104,7 +116,7 @@ class LongTailModule(L.LightningModule):
         many_threshold: int = 100,
         few_threshold: int = 20,
         shot_groups: Sequence[int] | None = None,
-        backbone: str | nn.Module = "resnet32",
+        backbone: Backbone = "resnet32",
         backbone_kwargs: dict[str, Any] | None = None,
         fixdim: bool = False,
         trainable_backbone: Sequence[str] | None = None,
@@ -167,8 +179,7 @@ class LongTailModule(L.LightningModule):
         self.num_classes = num_classes
         self.class_counts = list(class_counts) if class_counts is not None else None
         if isinstance(backbone, nn.Module):
-            if not hasattr(backbone, "out_features"):
-                raise ValueError("a backbone module must have an int attribute out_features (d)")
+            feature_dim_of(backbone)  # refuses a module without out_features / num_features
             self.backbone = backbone
         else:
             self.backbone = build_backbone(
@@ -189,7 +200,7 @@ class LongTailModule(L.LightningModule):
                 )
             for name, param in self.backbone.named_parameters():
                 param.requires_grad_(name.startswith(prefixes))
-        self.feature_dim = int(self.backbone.out_features)
+        self.feature_dim = feature_dim_of(self.backbone)
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self._compiled_backbone: nn.Module | None = None
@@ -554,11 +565,22 @@ def load_module_from_checkpoint(path: str, map_location: str | torch.device = "c
         raise ValueError(
             f"{what} {path!r} is not a checkpoint of an lt_lightning module (no {CLASS_PATH_KEY!r})"
         )
-    module_name, _, cls_name = class_path.rpartition(".")
+    cls = module_class(class_path, f"{what} {path!r}")
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def module_class(class_path: str, where: str = "class_path") -> type[LongTailModule]:
+    """The :class:`LongTailModule` subclass named by ``class_path`` (``"pkg.module.Class"``).
+
+    Raises:
+        ValueError: the name cannot be imported or is not a ``LongTailModule`` subclass (``where`` says
+            which file or option named it).
+    """
+    module_name, _, cls_name = str(class_path).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"{what} {path!r} names the class {class_path!r}, which cannot be imported") from err
+        raise ValueError(f"{where} names the class {class_path!r}, which cannot be imported") from err
     if not (isinstance(cls, type) and issubclass(cls, LongTailModule)):
-        raise ValueError(f"{what} {path!r} names {class_path!r}, which is not an lt_lightning LongTailModule")
-    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        raise ValueError(f"{where} names {class_path!r}, which is not an lt_lightning LongTailModule")
+    return cls

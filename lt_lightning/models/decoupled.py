@@ -13,13 +13,15 @@ checkpoint), keeps its backbone and neck frozen, and replaces the classifier:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
-from lt_lightning.models.base import LongTailModule, load_module_from_checkpoint
+from lt_lightning.models.base import LongTailModule, load_module_from_checkpoint, module_class
 from lt_lightning.models.sweeps import AccuracySweep
 from lt_lightning.nn.functional import ncm_transform, tau_normalize
 from lt_lightning.nn.heads import ETFHead, LinearHead, LWSHead, NCMHead, TauNormHead
@@ -40,18 +42,52 @@ _REPRESENTATION_DEFAULTS = {
 }
 
 
+@contextmanager
+def _own_hyperparameters() -> Iterator[None]:
+    """Build the stage-1 module with its own hyper-parameters: LightningCLI instantiates stage 2 inside a
+    context that makes every ``save_hyperparameters`` call record stage 2's config instead."""
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
+def _describe(module: LongTailModule) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of a module, from its hyper-parameters (``None`` if they cannot
+    rebuild it: a backbone given as a module is not a hyper-parameter)."""
+    init_args = {k: v for k, v in dict(module.hparams).items() if not k.startswith("_")}
+    if "backbone" not in init_args:
+        return None
+    return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": init_args}
+
+
+def _rebuild_stage1(spec: dict[str, Any]) -> LongTailModule:
+    """The stage-1 architecture from :func:`_describe`'s record, with fresh weights."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("init_args"), dict) or "class_path" not in spec:
+        raise ValueError(f"stage1_module must be {{'class_path': ..., 'init_args': {{...}}}}, got {spec!r}")
+    cls = module_class(spec["class_path"], "stage1_module")
+    return cls(**spec["init_args"])
+
+
 class DecoupledModule(LongTailModule):
     """Stage 2 of decoupled training on a frozen stage-1 representation.
 
     Args:
-        stage1_checkpoint: path of a checkpoint written by any lt_lightning module.
+        stage1_checkpoint: path of a checkpoint written by any lt_lightning module (configs write
+            ``runs/<dataset>/<method>/seed{seed}/last.ckpt``: the CLI fills in ``seed_everything``).
+        stage1_module: leave unset. The module records the stage-1 module here, as
+            ``{"class_path": ..., "init_args": ...}``, in its own hyper-parameters, so that a stage-2
+            checkpoint rebuilds the stage-1 architecture without the stage-1 file (the weights are in the
+            stage-2 state dict). When given, ``stage1_checkpoint`` is not read.
         mode: ``"crt"``, ``"lws"``, ``"tau_norm"`` or ``"ncm"``.
         bn_mode: ``"reestimate"`` (the reference keeps the backbone in train mode, so BatchNorm
             statistics follow the stage-2 sampler) or ``"frozen"`` (backbone and neck in eval mode).
         tau: fixed τ for ``tau_norm`` (``None``: choose on validation over ``tau_grid`` by top-1).
         tau_grid: τ values swept (Kang: 0, 0.1, …, 2.0).
-        ncm_center, ncm_normalize, ncm_metric: NCM options (Kang's default: centre on the training mean,
-            L2-normalise, Euclidean score).
+        ncm_center: NCM subtracts the mean training feature first (Kang's default).
+        ncm_normalize: NCM L2-normalises the (centred) features and class means (Kang's default).
+        ncm_metric: NCM's score: negative ``"euclidean"`` distance (Kang's default) or ``"cosine"``.
         num_classes: K of the data (must equal the checkpoint's).
         **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments (optimiser, schedule, …).
 
@@ -63,6 +99,7 @@ class DecoupledModule(LongTailModule):
     def __init__(
         self,
         stage1_checkpoint: str,
+        stage1_module: dict[str, Any] | None = None,
         mode: Literal[MODES] = "crt",
         bn_mode: Literal[BN_MODES] = "reestimate",
         tau: float | None = None,
@@ -85,7 +122,11 @@ class DecoupledModule(LongTailModule):
         clash = sorted(k for k, v in _REPRESENTATION_DEFAULTS.items() if k in kwargs and kwargs.pop(k) != v)
         if clash:
             raise ValueError(f"stage 2 keeps the stage-1 representation; do not set {clash}")
-        stage1 = load_module_from_checkpoint(stage1_checkpoint)
+        with _own_hyperparameters():
+            if stage1_module is not None:
+                stage1 = _rebuild_stage1(stage1_module)
+            else:
+                stage1 = load_module_from_checkpoint(stage1_checkpoint)
         if stage1.num_classes != num_classes:
             raise ValueError(
                 f"the stage-1 checkpoint {stage1_checkpoint!r} has {stage1.num_classes} classes but the "
@@ -99,6 +140,7 @@ class DecoupledModule(LongTailModule):
         self._stage1 = {"module": stage1}
         super().__init__(num_classes=num_classes, backbone=stage1.backbone, **kwargs)
         del self._stage1
+        self.hparams["stage1_module"] = stage1_module if stage1_module is not None else _describe(stage1)
         self.neck = stage1.neck
         for module in (self.backbone, self.neck):
             module.requires_grad_(False)

@@ -3,7 +3,7 @@ logit adjustment, balanced softmax, LDAM-DRW, class-balanced re-weighting)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,8 @@ class JointModule(LongTailModule):
     Args:
         loss: one of ``LOSSES``.
         la_tau: τ of ``"logit_adjusted"`` (>= 0).
-        ldam_max_margin, ldam_scale: LDAM's largest margin and scale (theirs: 0.5, 30).
+        ldam_max_margin: LDAM's largest margin, given to the rarest class (theirs: 0.5).
+        ldam_scale: LDAM's logit scale s (theirs: 30).
         normed_classifier: cosine classifier (:class:`~lt_lightning.nn.heads.NormedLinearHead`) instead
             of ``nn.Linear``; default: on for ``"ldam"`` only, as in kaidic/LDAM-DRW.
         reweight: one of ``REWEIGHTS``.
@@ -66,12 +67,12 @@ class JointModule(LongTailModule):
 
     def __init__(
         self,
-        loss: str = "ce",
+        loss: Literal[LOSSES] = "ce",
         la_tau: float = 1.0,
         ldam_max_margin: float = 0.5,
         ldam_scale: float = 30.0,
         normed_classifier: bool | None = None,
-        reweight: str = "none",
+        reweight: Literal[REWEIGHTS] = "none",
         cb_beta: float = 0.9999,
         drw_epoch: int = 160,
         posthoc_tau: float = 0.0,

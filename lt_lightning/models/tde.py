@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from lt_lightning.models.base import LongTailModule
+from lt_lightning.models.base import Backbone, LongTailModule
 from lt_lightning.models.sweeps import AccuracySweep
 from lt_lightning.nn.heads import CausalNormHead
 
@@ -22,7 +23,9 @@ class TDEModule(LongTailModule):
     other shot accuracies), plus ``val/tde_alpha/best_alpha``.
 
     Args:
-        num_heads, tau, gamma: the causal-norm head (defaults 2, 16, 1/32).
+        num_heads: number of heads of the causal-norm (multi-head normed) classifier (Tang: 2).
+        tau: logit scale of the causal-norm head (Tang: 16).
+        gamma: weight-norm offset γ of the causal-norm head (Tang: 1/32).
         embed_momentum: μ of the moving average x̄ ← μ·x̄ + mean_batch(x): a number (CIFAR: 0.9) or ``"lr"``
             for Tang's ImageNet-style rule μ = 1 − 0.1·min(50·lr, 1), recomputed every epoch from the
             current learning rate. (Named apart from the optimiser's ``momentum``, which SGD keeps.)
@@ -40,11 +43,11 @@ class TDEModule(LongTailModule):
         num_heads: int = 2,
         tau: float = 16.0,
         gamma: float = 1 / 32,
-        embed_momentum: float | str = 0.9,
+        embed_momentum: float | Literal["lr"] = 0.9,
         alpha: float = 1.0,
         alpha_grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
         alpha_from_validation: bool = False,
-        backbone: str | nn.Module = "resnet32_tde",
+        backbone: Backbone = "resnet32_tde",
         **kwargs,
     ) -> None:
         if isinstance(embed_momentum, str) and embed_momentum != "lr":

@@ -9,6 +9,7 @@ from lt_lightning.nn.backbones import (
     TDEResNet32,
     TorchvisionResNet,
     build_backbone,
+    feature_dim_of,
 )
 from lt_lightning.nn.class_means import ClassMeanTracker
 from lt_lightning.nn.heads import (
@@ -42,4 +43,5 @@ __all__ = [
     "TauNormHead",
     "TorchvisionResNet",
     "build_backbone",
+    "feature_dim_of",
 ]

@@ -1,5 +1,7 @@
 """Feature extractors. Every backbone is an ``nn.Module`` with an int ``out_features`` (d) whose
-``forward(x)`` returns the pooled, flattened penultimate features ``[N, d]``.
+``forward(x)`` returns the pooled, flattened penultimate features ``[N, d]``. Modules from elsewhere
+may give d as ``num_features`` instead (timm's convention, with the classifier removed:
+``timm.create_model(name, num_classes=0)``), see :func:`feature_dim_of`.
 
 - :class:`CIFARResNet32`: He et al. CVPR 2016 CIFAR ResNet-32 (width 16 -> 64-d, width 32 -> 128-d).
 - :class:`TDEResNet32`: Tang et al. NeurIPS 2020 variant whose last stage ends in two parallel blocks
@@ -29,6 +31,7 @@ __all__ = [
     "TDEResNet32",
     "TorchvisionResNet",
     "build_backbone",
+    "feature_dim_of",
 ]
 
 
@@ -325,6 +328,26 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+def feature_dim_of(backbone: nn.Module) -> int:
+    """The feature dimension d of a backbone: its ``out_features``, else its ``num_features`` (timm).
+
+    Raises:
+        ValueError: the module has neither as a positive int.
+    """
+    for name in ("out_features", "num_features"):
+        value = getattr(backbone, name, None)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"backbone {type(backbone).__name__}.{name} must be an int >= 1, got {value!r}"
+                )
+            return value
+    raise ValueError(
+        f"backbone {type(backbone).__name__} must have an int attribute out_features or num_features (timm): "
+        "the dimension d of the [N, d] features its forward returns"
+    )
+
+
 class FixDim(nn.Module):
     """Zhu et al. (NeurIPS 2021) ``fixdim``: make the feature dimension equal to K.
 
@@ -332,7 +355,7 @@ class FixDim(nn.Module):
     like the backbone's own. ``out_features = K``.
 
     Args:
-        backbone: a module with ``out_features``.
+        backbone: a module with ``out_features`` (or timm's ``num_features``).
         num_classes: K.
     """
 
@@ -341,7 +364,7 @@ class FixDim(nn.Module):
         _check_positive_int("num_classes", num_classes)
         self.backbone = backbone
         self.project = nn.Sequential(
-            nn.Linear(int(backbone.out_features), num_classes, bias=False),
+            nn.Linear(feature_dim_of(backbone), num_classes, bias=False),
             nn.BatchNorm1d(num_classes),
             nn.ReLU(inplace=True),
         )
@@ -387,7 +410,8 @@ def build_backbone(
     Args:
         name: one of ``BACKBONE_NAMES``: ``"resnet32"`` (:class:`CIFARResNet32`), ``"resnet32_tde"``
             (:class:`TDEResNet32`), ``"resnet18"``, ``"resnet50"``, ``"resnext50_32x4d"``,
-            ``"resnet152"``, ``"resnet50_yang"`` (:class:`TorchvisionResNet`), ``"mlp"`` (:class:`MLP`).
+            ``"resnet152"``, ``"resnet50_yang"`` (:class:`TorchvisionResNet`), ``"mlp"`` (:class:`MLP`),
+            ``"ufm"`` (:class:`UnconstrainedFeatures`).
         num_classes: K; required with ``fixdim``.
         fixdim: append :class:`FixDim` so that ``out_features = K``.
         **kwargs: passed to the backbone's constructor.

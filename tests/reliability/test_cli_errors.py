@@ -95,4 +95,4 @@ def test_a_diverging_run_exits_non_zero_without_a_checkpoint(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lt-lightning: error: NonFiniteError: non-finite loss")
     assert "at training step" in last
-    assert not list(tmp_path.glob("runs/digits_lt/joint/*.ckpt"))  # diverged in epoch 0: nothing saved
+    assert not list(tmp_path.glob("runs/digits_lt/joint/seed0/*.ckpt"))  # diverged in epoch 0: nothing saved

@@ -39,7 +39,7 @@ def test_training_configs_checkpoint_every_epoch(path):
     ]
     assert len(per_epoch) == 1, f"{path}: needs one ModelCheckpoint saving last.ckpt every epoch"
     run_dir = per_epoch[0]["dirpath"]
-    assert run_dir == f"runs/{path.parent.name}/{path.stem}"
+    assert run_dir == f"runs/{path.parent.name}/{path.stem}/seed{{seed}}"  # the CLI fills in the seed
     if path.parent.name == "inat2018":  # ~850 steps per epoch: also mid-epoch checkpoints
         steps = [c for c in ckpts if c.get("every_n_train_steps")]
         assert len(steps) == 1 and steps[0]["dirpath"] == f"{run_dir}/steps" and steps[0]["save_last"]

@@ -59,7 +59,7 @@ def stage1(tmp_path_factory) -> tuple[Path, dict]:
 def test_joint_csv(stage1):
     out, record = stage1
     _check_nc(record, out)
-    assert (out / "runs/digits_lt/joint/last.ckpt").is_file()
+    assert (out / "runs/digits_lt/joint/seed0/last.ckpt").is_file()
 
 
 @pytest.mark.parametrize("method", ["fixed_etf", "fixed_etf_ce", "implicit_etf", "tde"])
@@ -77,13 +77,13 @@ def test_fixed_etf_wandb_offline(tmp_path):
 
 @pytest.mark.parametrize("method", ["crt", "lws"])
 def test_stage2_fit_csv(tmp_path, stage1, method):
-    ckpt = stage1[0] / "runs/digits_lt/joint/last.ckpt"
+    ckpt = stage1[0] / "runs/digits_lt/joint/seed0/last.ckpt"
     record, _ = _run(tmp_path, method, "fit,validate,test", "--model.init_args.stage1_checkpoint", str(ckpt))
     _check_nc(record, tmp_path)
 
 
 @pytest.mark.parametrize("method", ["tau_norm", "ncm"])
 def test_stage2_post_hoc_csv(tmp_path, stage1, method):
-    ckpt = stage1[0] / "runs/digits_lt/joint/last.ckpt"
+    ckpt = stage1[0] / "runs/digits_lt/joint/seed0/last.ckpt"
     record, _ = _run(tmp_path, method, "validate,test", "--model.init_args.stage1_checkpoint", str(ckpt))
     assert 0.0 <= record["test"]["test/acc"] <= 1.0

@@ -28,7 +28,7 @@ def _fit(cwd: Path, method: str, kill: str, ckpt: str = "-", *extra: str) -> int
 
 
 def _last(cwd: Path, method: str) -> dict:
-    return load_checkpoint_file(cwd / f"runs/digits_lt/{method}/last.ckpt")
+    return load_checkpoint_file(cwd / f"runs/digits_lt/{method}/seed0/last.ckpt")
 
 
 def _assert_same_weights(a: dict, b: dict) -> None:
@@ -45,7 +45,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, method):
     assert _fit(tmp_path / "full", method, "none") == 0
     assert _fit(tmp_path / "killed", method, "epoch:1") == -9  # SIGKILL after epoch 1's checkpoint
     assert _last(tmp_path / "killed", method)["epoch"] == 1
-    ckpt = str(tmp_path / "killed" / f"runs/digits_lt/{method}/last.ckpt")
+    ckpt = str(tmp_path / "killed" / f"runs/digits_lt/{method}/seed0/last.ckpt")
     assert _fit(tmp_path / "killed", method, "none", ckpt) == 0
     _assert_same_weights(_last(tmp_path / "full", method), _last(tmp_path / "killed", method))
 
@@ -53,7 +53,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, method):
 @pytest.mark.slow
 def test_kill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path):
     assert _fit(tmp_path, "joint", "save:2") == -9
-    folder = tmp_path / "runs/digits_lt/joint"
+    folder = tmp_path / "runs/digits_lt/joint/seed0"
     last = load_checkpoint_file(folder / "last.ckpt")  # loads: not truncated
     assert last["epoch"] == 1  # the good checkpoint of epoch 1, not a half-written epoch 2
     assert (folder / "epoch=2-step=39.ckpt").is_file()  # the save that died was the next one
@@ -68,7 +68,7 @@ def test_kill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path):
 def stage1_ckpt(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("stage1")
     assert _fit(out, "joint", "none", "-", "--trainer.max_epochs", "1") == 0
-    return str(out / "runs/digits_lt/joint/last.ckpt")
+    return str(out / "runs/digits_lt/joint/seed0/last.ckpt")
 
 
 @pytest.mark.slow
@@ -89,7 +89,7 @@ def test_kill_9_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch, stage1_ckp
     (tmp_path / "full").mkdir(), (tmp_path / "killed").mkdir()
     assert _fit(tmp_path / "full", method, "none", "-", *extra) == 0
     assert _fit(tmp_path / "killed", method, "step:18", "-", *extra) == -9  # mid epoch 1 (13 steps each)
-    steps = tmp_path / "killed" / f"runs/digits_lt/{method}/steps/last.ckpt"
+    steps = tmp_path / "killed" / f"runs/digits_lt/{method}/seed0/steps/last.ckpt"
     ckpt = load_checkpoint_file(steps)
     assert ckpt["global_step"] == 18
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
