@@ -325,7 +325,9 @@ def _alias_table(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     alias = torch.arange(k)
     light = torch.nonzero(scaled < 1.0).flatten()
     heavy = torch.nonzero(scaled >= 1.0).flatten()
-    if len(light) == 0:  # all weights equal (up to rounding)
+    # Scaled weights sum to k, so no light (or, after rounding, no heavy) item means all equal 1
+    # up to rounding (e.g. one class: sqrt(15) * (1 / sqrt(15)) can round to 1 - 2^-53).
+    if len(light) == 0 or len(heavy) == 0:
         return torch.ones(k, dtype=torch.float64), alias
     deficit = 1.0 - scaled[light]
     cum_deficit = torch.cumsum(deficit, 0)

@@ -8,12 +8,13 @@ Degenerate cases drawn on purpose: one class, d = K, empty classes, huge offsets
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lt_lightning.data.profiles import long_tail_counts, shot_groups
@@ -23,7 +24,13 @@ from lt_lightning.metrics.functional import UndefinedMetricWarning, neural_colla
 from lt_lightning.nn.functional import causal_norm_logits, tau_normalize
 from lt_lightning.nn.nearest_etf import nearest_simplex_etf
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI runs a fixed set of examples (reproducible results); elsewhere hypothesis explores new ones each run.
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+)
 SCALES = st.sampled_from([0.0, 1e-6, 1.0, 1e3])
 OFFSETS = st.sampled_from([0.0, 1.0, 1e4])
 
@@ -175,6 +182,9 @@ def test_long_tail_counts_and_shot_groups(k, max_count, ratio, profile):
     replicas=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )
+# found by hypothesis in CI: one class whose sqrt weight rounds to 1 - 2^-53 after scaling left the alias
+# table with a light item and no heavy one (IndexError)
+@example(name="sqrt", counts=[15], replicas=1, seed=0)
 def test_samplers(name, counts, replicas, seed):
     labels = np.repeat(np.arange(len(counts)), counts)
     kwargs = {"q": 0.5} if name == "power" else {}
