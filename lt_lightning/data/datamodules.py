@@ -242,8 +242,10 @@ class LongTailDataModule(L.LightningDataModule):
             return torch.distributed.get_world_size(), torch.distributed.get_rank()
         return 1, 0
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Dataset, batch_size: int, sampler, drop_last: bool = False, loader_cls=DataLoader
+    ) -> DataLoader:
+        return loader_cls(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -301,17 +303,15 @@ class LongTailDataModule(L.LightningDataModule):
         sampler = self.build_train_sampler()
         batch_size = self.train_batch_size()
         drop_last = train_drop_last(len(sampler), batch_size, self.drop_last)
-        loader = ResumableDataLoader(
-            self.train_dataset_or_setup(),
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            drop_last=drop_last,
+        loader = self._loader(
+            self.train_dataset_or_setup(), batch_size, sampler, drop_last, loader_cls=ResumableDataLoader
         )
+        return self._track_position(loader)
+
+    def _track_position(self, loader):
+        """Let ``loader`` read how many batches of the epoch have been trained, for its checkpoint state."""
         trainer = getattr(self, "trainer", None)
-        if trainer is not None:  # checkpoints record how far into the epoch training got
+        if trainer is not None:
             loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return loader
 
@@ -334,9 +334,7 @@ class LongTailDataModule(L.LightningDataModule):
             drop_last=train_drop_last(len(sampler), batch_size, self.drop_last),
             seed=self.seed,
         )
-        if trainer is not None:  # checkpoints record how far into the epoch training got
-            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return loader
+        return self._track_position(loader)
 
     def train_dataset_or_setup(self) -> Dataset:
         if self.train_dataset is None:

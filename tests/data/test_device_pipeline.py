@@ -159,6 +159,34 @@ def test_epochs_are_reproducible_and_differ():
     assert not torch.equal(epoch(2), epoch(2, seed=1))
 
 
+def test_mid_epoch_state_resumes_with_the_remaining_batches():
+    # a mid-epoch checkpoint stores the batches trained; the resumed loader yields exactly the rest,
+    # with the same crops and flips (drawn for the whole epoch from (seed, epoch, rank))
+    images = _coordinate_images(64)
+    labels = torch.arange(64) % 4
+    spec = AugmentSpec(4, True, *NORMALIZATION["cifar"])
+
+    def loader() -> DeviceLoader:
+        sampler = build_sampler("class", labels, seed=5, num_replicas=1, rank=0, num_classes=4)
+        sampler.set_epoch(1)
+        return DeviceLoader(images, labels, sampler, 10, spec, seed=2)
+
+    full = list(loader())
+    interrupted = loader()
+    interrupted.batches_done = lambda: 3
+    state = interrupted.state_dict()
+    assert state == {"batches_done": 3, "batch_size": 10}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(full) - 3
+    for (x, y), (x_ref, y_ref) in zip(rest, full[3:]):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    assert len(list(resumed)) == len(full)  # the skip applies to the resumed epoch only
+    with pytest.raises(ValueError, match="same batch size"):
+        loader().load_state_dict({"batches_done": 2, "batch_size": 16})
+
+
 def test_datamodules_device_pipeline(tmp_path):
     write_cifar(tmp_path, 10, 20, 4)
     write_mnist(tmp_path, "MNIST", 20, 4)
