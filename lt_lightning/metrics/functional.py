@@ -72,7 +72,12 @@ _F64 = torch.float64
 # input checks (no host sync unless ``check_values``)
 # --------------------------------------------------------------------------------------------------
 def _neural_collapse_check_inputs(
-    features: Tensor, labels: Tensor, num_classes: int, feature_dim: int | None, check_values: bool
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    feature_dim: int | None,
+    check_values: bool,
+    check_finite: bool = True,
 ) -> None:
     if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
         raise TypeError(
@@ -91,8 +96,9 @@ def _neural_collapse_check_inputs(
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     if check_values and labels.numel() > 0:
+        finite = torch.isfinite(features).all() if check_finite else torch.ones((), dtype=torch.bool)
         finite, lo, hi = torch.stack(
-            [torch.isfinite(features).all().long(), labels.min().long(), labels.max().long()]
+            [finite.long().to(labels.device), labels.min().long(), labels.max().long()]
         ).tolist()  # one host read for the three checks
         if not finite:
             raise ValueError("features contain NaN or inf; neural-collapse metrics need finite features")
@@ -830,7 +836,13 @@ def neural_collapse(
         raise ValueError(f"global_mean must be one of {_GLOBAL_MEANS}, got {global_mean!r}")
     if precision is not None and precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {_PRECISIONS} or None, got {precision!r}")
-    _neural_collapse_check_inputs(features, labels, k, None, check_values=True)
+    if precision is None:
+        precision = "float64" if features.dtype == _F64 else "float32"
+    # The float32 path checks finiteness on its [K, d] statistics instead of on the [N, d] features
+    # (NaN/inf in any feature reaches the class sums): a full isfinite pass costs half a GEMM.
+    _neural_collapse_check_inputs(
+        features, labels, k, None, check_values=True, check_finite=precision != "float32"
+    )
     _check_classifier(weight, bias, k, features.shape[1])
     device = features.device
     labels = labels.to(device).long()
@@ -846,8 +858,6 @@ def neural_collapse(
     group_ids = None if shot_groups is None else _as_group_ids(shot_groups, k).to(device)
     num_groups = 1 if group_ids is None else len(SHOT_GROUP_NAMES)
     keep = use[labels]
-    if precision is None:
-        precision = "float64" if features.dtype == _F64 else "float32"
     if predictions is not None and (
         not isinstance(predictions, Tensor) or predictions.shape not in (labels.shape, (labels.shape[0], k))
     ):
@@ -863,6 +873,13 @@ def neural_collapse(
             h, y = h[rows], labels[rows]
             preds = None if predictions is None else predictions.to(device)[rows]
         state, shift, delta = _neural_collapse_stats_f32(h, y, k, group_ids, num_groups)
+        if not bool(torch.isfinite(state["sums"]).all() & torch.isfinite(state["sq_dev"]).all()):
+            if not bool(torch.isfinite(h).all()):
+                raise ValueError("features contain NaN or inf; neural-collapse metrics need finite features")
+            raise ValueError(
+                "the float32 neural-collapse statistics overflowed (features too large for float32 "
+                "products); pass precision='float64'"
+            )
         means = state["sums"] / state["counts"].clamp_min(1.0)[:, None]
         mism, total = _neural_collapse_nc4_f32(
             h,

@@ -191,3 +191,29 @@ def test_bad_checkpoint_files_name_the_file(tmp_path):
     torch.save({"state_dict": {}, CLASS_PATH_KEY: "os.system"}, foreign)
     with pytest.raises(ValueError, match="not an lt_lightning LongTailModule"):
         load_module_from_checkpoint(str(foreign))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("row", [0, 150, 299])  # among a class's shift samples, past them, the last row
+def test_float32_nc_path_rejects_non_finite_features_anywhere(value, row):
+    # the float32 path checks finiteness on its class statistics, not with a pass over the features:
+    # a non-finite value in any row must still be reported as such
+    g = torch.Generator().manual_seed(1)
+    features, labels = torch.randn(300, 6, generator=g), torch.arange(300) % 2
+    weight = torch.randn(2, 6, generator=g)
+    features[row, 3] = value
+    with pytest.raises(ValueError, match="features contain NaN or inf"):
+        neural_collapse(features, labels, weight)
+    with pytest.raises(ValueError, match="features contain NaN or inf"):
+        neural_collapse(features, labels, weight, precision="float64")
+
+
+def test_float32_nc_overflow_is_named_apart_from_non_finite_input():
+    g = torch.Generator().manual_seed(2)
+    features, labels = (
+        torch.randn(40, 3, generator=g) * 1e30,
+        torch.arange(40) % 2,
+    )  # finite, squares overflow
+    weight = torch.randn(2, 3, generator=g)
+    with pytest.raises(ValueError, match="overflowed"):
+        neural_collapse(features, labels, weight)
