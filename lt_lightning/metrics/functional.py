@@ -893,27 +893,17 @@ def neural_collapse(
             shift,
             delta,
         )
-        return _neural_collapse_compute(
-            **state,
-            weight=weight,
-            bias=bias,
-            classes=None if classes is None else use,
-            class_group=group_ids,
-            nc4_mismatch=mism,
-            nc4_total=total,
-            rtol=rtol,
-            global_mean=global_mean,
+    else:
+        if predictions is None:
+            predictions = features.to(_F64) @ weight.to(device, _F64).T
+            if bias is not None:
+                predictions = predictions + bias.to(device, _F64)
+        state = _neural_collapse_init_state(k, features.shape[1], num_groups, device)
+        _neural_collapse_update(features, labels, **state, class_group=group_ids, sample_weight=keep)
+        means = state["sums"] / state["counts"].clamp_min(1.0)[:, None]
+        mism, total = _neural_collapse_nc4_update(
+            features, labels, predictions.to(device), means, use & (state["counts"] > 0), group_ids
         )
-    if predictions is None:
-        predictions = features.to(_F64) @ weight.to(device, _F64).T
-        if bias is not None:
-            predictions = predictions + bias.to(device, _F64)
-    state = _neural_collapse_init_state(k, features.shape[1], num_groups, device)
-    _neural_collapse_update(features, labels, **state, class_group=group_ids, sample_weight=keep)
-    means = state["sums"] / state["counts"].clamp_min(1.0)[:, None]
-    mism, total = _neural_collapse_nc4_update(
-        features, labels, predictions.to(device), means, use & (state["counts"] > 0), group_ids
-    )
     return _neural_collapse_compute(
         **state,
         weight=weight,
