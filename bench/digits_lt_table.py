@@ -32,6 +32,25 @@ KEYS = ["acc", "many_acc", "medium_acc", "few_acc"]
 MC_KEYS = ["mc_wcos/few", "mc_wnorm_ratio"]
 
 
+def subcommand(method: str) -> str:
+    """``fit`` for a method that trains, ``test`` for τ-norm and NCM (they fit their classifier at test)."""
+    return "fit" if method in FIT else "test"
+
+
+def cli_args(method: str, seed: int) -> list[str]:
+    """The arguments after ``lt-lightning fit|test`` of one run of the table."""
+    return [
+        "--config",
+        str(CONFIGS / f"{method}.yaml"),
+        "--seed_everything",
+        str(seed),
+        "--data.init_args.seed",
+        str(seed),
+        "--trainer.enable_model_summary",
+        "false",
+    ]
+
+
 def run_seed(seed: int, methods: list[str]) -> dict[str, dict[str, float]]:
     workdir = RESULTS / "digits_lt" / f"seed{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -40,17 +59,8 @@ def run_seed(seed: int, methods: list[str]) -> dict[str, dict[str, float]]:
     out = {}
     try:
         for method in methods:
-            args = [
-                "--config",
-                str(CONFIGS / f"{method}.yaml"),
-                "--seed_everything",
-                str(seed),
-                "--data.init_args.seed",
-                str(seed),
-                "--trainer.enable_model_summary",
-                "false",
-            ]
-            if method in FIT:
+            args = cli_args(method, seed)
+            if subcommand(method) == "fit":
                 cli = build_cli(["fit", *args])
                 nc1 = cli.trainer.callback_metrics.get("nc/train/nc1")  # test() resets callback_metrics
                 mc = {k: cli.trainer.callback_metrics.get(f"nc/train/{k}") for k in MC_KEYS}

@@ -17,6 +17,7 @@ Prints a table per section and writes ``bench/results/implicit_etf.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import platform
@@ -177,8 +178,8 @@ MODULE_HEADER = f"{'d':>5} {'K':>5} {'backbone':<22} {'fixed ETF ms':>13} {'impl
 
 
 def _module_step(model, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """One training step of a module outside Lightning (features, state hooks, head, loss, SGD)."""
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    """One training step of a module outside Lightning (features, state hooks, head, loss, its optimizer)."""
+    opt = model.optimizer([p for p in model.parameters() if p.requires_grad])
     model.train()
 
     def step() -> None:
@@ -204,7 +205,8 @@ def section_module(args) -> list[dict]:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, *shape, generator=g)
         y = torch.arange(batch) % k
-        common = {"num_classes": k, "backbone": backbone, "backbone_kwargs": bkw, "lr": 0.01}
+        sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
+        common = {"num_classes": k, "backbone": backbone, "backbone_kwargs": bkw, "optimizer": sgd}
         torch.manual_seed(0)
         fixed = FixedETFModule(**common, loss="ce", neck="none")
         torch.manual_seed(0)

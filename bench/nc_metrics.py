@@ -101,7 +101,6 @@ def run_config(
             metric.update_nc4(fb, yb, lb)
 
     def compute():
-        metric._computed = None
         metric.set_classifier(weight)
         return metric.compute()
 

@@ -22,9 +22,13 @@ import numpy as np
 import torch
 
 from lt_lightning.data.profiles import long_tail_counts
-from lt_lightning.data.samplers import SAMPLERS, build_sampler
+from lt_lightning.data.samplers import SAMPLER_NAMES, build_sampler
 
 INAT_N, INAT_K, INAT_MAX, INAT_MIN = 437_513, 8_142, 1_000, 2
+#: the global batch of the stratified sampler (iNaturalist-2018 recipes: 512)
+BATCH = 512
+#: each sampler's build options beyond the labels
+OPTIONS = {"power": {"q": 0.3}, "progressive": {"num_epochs": 90}, "stratified": {"batch_size": BATCH}}
 
 
 def _fix_total(counts: np.ndarray, total: int) -> np.ndarray:
@@ -108,8 +112,8 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         print(f"\n{case}: N={n}, K={len(counts)}, counts {counts.max()}..{counts.min()}")
         print(f"{'sampler':<12} {'ms':>8} {'randperm ms':>12} {'ratio':>7} {'min ratio':>10}")
-        for name in SAMPLERS:
-            sampler = build_sampler(name, labels, q=0.3 if name == "power" else None, num_epochs=90)
+        for name in SAMPLER_NAMES:
+            sampler = build_sampler(name, labels, **OPTIONS.get(name, {}))
             epochs = iter(range(10**9))
             ms, base_ms, ratio, min_ratio = paired_ms(
                 lambda s=sampler, e=epochs: s.global_indices(next(e)),

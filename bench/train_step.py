@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lt_lightning.models import FixedETFModule, JointModule, TDEModule
+from lt_lightning.optim import LRSchedule
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -65,15 +67,9 @@ def time_lightning(model, loader, steps: int, warmup: int) -> float:
 
 
 def time_plain(model, loader, steps: int, warmup: int) -> float:
-    """The same module's pieces in a hand-written loop: forward, loss, backward, SGD (with a constant
-    schedule the module configures no LR scheduler either)."""
-    hp = model.hparams
-    opt = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=hp.lr,
-        momentum=hp.momentum,
-        weight_decay=hp.weight_decay,
-    )
+    """The same module's pieces in a hand-written loop: forward, loss, backward, and the module's own
+    optimizer (with a constant schedule the module configures no LR scheduler either)."""
+    opt = model.optimizer([p for p in model.parameters() if p.requires_grad])
     model.train()
     it = iter(loader)
     start = None
@@ -111,7 +107,8 @@ def main() -> None:
         common = {"backbone": "resnet32", "backbone_kwargs": {"width": 16}}
         tde_common = {"backbone": "resnet32_tde"}
     warmup = 3
-    base = {"num_classes": k, "lr": 0.05, "lr_schedule": "constant"}
+    sgd = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    base = {"num_classes": k, "optimizer": sgd, "lr_schedule": LRSchedule(name="constant")}
     methods = {
         "joint": lambda: JointModule(**base, **common),
         "fixed_etf (DR)": lambda: FixedETFModule(**base, **common),

@@ -13,16 +13,20 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
+import sys
 import tempfile
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["SAFE_GLOBALS", "AtomicCheckpointIO", "atomic_torch_save", "load_checkpoint_file"]
+__all__ = ["SAFE_GLOBALS", "AtomicCheckpointIO", "atomic_torch_save", "load_checkpoint_file", "resolve_class"]
+
+T = TypeVar("T")
 
 #: globals beyond torch's weights-only defaults that our checkpoints may hold. Lightning's checkpoint
 #: of every lt_lightning method is tensors, dicts, lists, tuples, strings and numbers, so none is
@@ -102,6 +106,38 @@ def load_checkpoint_file(path: _PATH, map_location: Any = "cpu", what: str = "ch
     if not isinstance(ckpt, dict):
         raise ValueError(f"{what} {path!r} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
+
+
+def resolve_class(class_path: str, base: type[T], where: str = "class_path") -> type[T]:
+    """The class ``class_path`` (``"pkg.module.Class"``) names, if a file may name it.
+
+    A checkpoint records class paths (the module's, its optimizer's); importing the module a file names
+    would run that module's code. So only lt_lightning's own modules are imported here; any other
+    class must come from a module that is already imported (by the user's code, or because the config
+    or command line named it), as Lightning's own loader requires. The class must subclass ``base``.
+
+    Raises:
+        ValueError: the module is not lt_lightning's and not imported, the name does not resolve, or
+            the class is not a ``base`` subclass (``where`` says which file or option named it).
+    """
+    module_name, _, name = str(class_path).rpartition(".")
+    ours = module_name == "lt_lightning" or module_name.startswith("lt_lightning.")
+    if not module_name or (not ours and module_name not in sys.modules):
+        raise ValueError(
+            f"{where} names the class {class_path!r} of module {module_name!r}, which is not imported: a file "
+            "may only name lt_lightning classes or classes of modules already imported (import the module, or "
+            "name the class in the config, if you trust the file)"
+        )
+    try:
+        module = importlib.import_module(module_name) if ours else sys.modules[module_name]
+        cls = getattr(module, name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{where} names the class {class_path!r}, which cannot be found") from err
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(
+            f"{where} names {class_path!r}, which is not a {base.__module__}.{base.__qualname__}"
+        )
+    return cls
 
 
 def _keep_storage(storage: Any, location: Any) -> Any:

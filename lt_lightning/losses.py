@@ -1,10 +1,10 @@
-"""Losses and mixup, as pure functions: the dot-regression (DR) loss of Yang et al. NeurIPS 2022, mixup
-(Zhang et al. ICLR 2018) and the long-tail losses every comparison needs: logit adjustment (Menon et al.
-ICLR 2021) / balanced softmax (Ren et al. NeurIPS 2020), LDAM (Cao et al. NeurIPS 2019) and class-balanced
-weights (Cui et al. CVPR 2019).
+"""Losses as pure functions: the dot-regression (DR) loss of Yang et al. NeurIPS 2022, mixup's cross-entropy
+(Zhang et al. ICLR 2018; the mixing itself is :mod:`lt_lightning.data.augment`) and the long-tail losses
+every comparison needs: logit adjustment (Menon et al. ICLR 2021) / balanced softmax (Ren et al. NeurIPS
+2020), LDAM (Cao et al. NeurIPS 2019) and class-balanced weights (Cui et al. CVPR 2019).
 
 Nothing here synchronises with the device: class counts use ``index_add_`` (``torch.bincount`` on CUDA
-reads the maximum label back to the host), and mixup's lambda is drawn on the host. Under DDP the DR loss
+reads the maximum label back to the host). Under DDP the DR loss
 all-reduces its class counts (a collective on device, still no host sync).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -25,7 +24,6 @@ __all__ = [
     "ldam_margins",
     "log_prior",
     "logit_adjusted_cross_entropy",
-    "mixup_batch",
     "mixup_cross_entropy",
 ]
 
@@ -144,46 +142,6 @@ def dot_regression_loss(
     if reduction == "sum":
         return loss.sum()
     return loss
-
-
-def mixup_batch(
-    x: Tensor, y: Tensor, alpha: float, *, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Tensor, float]:
-    """Mixup (Zhang et al. ICLR 2018): ``x' = lam x + (1 - lam) x[perm]`` with ``lam ~ Beta(alpha, alpha)``.
-
-    ``lam`` is drawn on the host from ``generator`` (a CPU generator; no device sync) and returned as a
-    Python float; ``alpha = 0`` gives ``lam = 1`` (no mixing), as in the authors' code. The permutation
-    is drawn on ``x``'s device when the generator lives there, otherwise on the CPU and copied over.
-
-    Args:
-        x: ``[N, ...]`` inputs.
-        y: ``[N]`` labels.
-        alpha: Beta concentration, >= 0.
-        generator: source of randomness (default: torch's global generators). Use a CPU generator: a
-            CUDA one makes drawing lambda a device sync.
-
-    Returns:
-        ``(x_mixed, y_a, y_b, lam)`` with ``y_a = y`` and ``y_b = y[perm]``; combine losses as
-        ``lam * loss(y_a) + (1 - lam) * loss(y_b)``.
-    """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-        raise ValueError(f"mixup alpha must be a float >= 0, got {alpha!r}")
-    if y.shape[:1] != x.shape[:1]:
-        raise ValueError(f"x and y must have the same batch size, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if alpha > 0:
-        # torch has no Beta sampler that takes a generator: seed numpy's from it (host-only).
-        gen_device = generator.device if generator is not None else "cpu"
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device))
-        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    else:
-        lam = 1.0
-    n = x.shape[0]
-    if generator is None or generator.device.type == x.device.type:
-        perm = torch.randperm(n, generator=generator, device=x.device)
-    else:
-        perm = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
-    x_mixed = lam * x + (1.0 - lam) * x[perm]
-    return x_mixed, y, y[perm], lam
 
 
 def mixup_cross_entropy(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, **ce_kwargs) -> Tensor:

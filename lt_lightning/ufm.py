@@ -36,21 +36,24 @@ class UFMResult:
     labels: Any = None
 
 
-def _build(method: str, num_classes: int, num_samples: int, dim: int, lr: float, wd: float, seed: int):
-    common = {
-        "num_classes": num_classes,
-        "backbone": "ufm",
-        "backbone_kwargs": {"num_samples": num_samples, "dim": dim, "seed": seed},
-        "lr": lr,
-        "weight_decay": wd,
-        "lr_schedule": "constant",
-    }
+def _build(method: str, num_classes: int, num_samples: int, dim: int, seed: int):
+    # the modules' own optimizer is not used: run_ufm trains full-batch with its own SGD
+    features = {"num_samples": num_samples, "dim": dim, "seed": seed}
     if method == "learned":
-        return JointModule(**common)
+        return JointModule(num_classes=num_classes, backbone="ufm", backbone_kwargs=features)
     if method == "fixed_etf":
-        return FixedETFModule(**common, loss="ce", neck="none", etf_seed=seed)
+        return FixedETFModule(
+            num_classes=num_classes,
+            backbone="ufm",
+            backbone_kwargs=features,
+            loss="ce",
+            neck="none",
+            etf_seed=seed,
+        )
     if method == "implicit_etf":
-        return ImplicitETFModule(**common, solver="procrustes")
+        return ImplicitETFModule(
+            num_classes=num_classes, backbone="ufm", backbone_kwargs=features, solver="procrustes"
+        )
     raise ValueError(f"unknown UFM method {method!r}; valid: {', '.join(UFM_METHODS)}")
 
 
@@ -75,7 +78,7 @@ def run_ufm(
     n = len(labels)
     dim = dim or 2 * num_classes
     torch.manual_seed(seed)
-    model = _build(method, num_classes, n, dim, lr, weight_decay, seed)
+    model = _build(method, num_classes, n, dim, seed)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     idx = torch.arange(n)

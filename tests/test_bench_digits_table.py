@@ -1,4 +1,5 @@
-"""bench/digits_lt_table.py bookkeeping (no training: run_seed is replaced by canned results)."""
+"""bench/digits_lt_table.py: its runs are valid CLI runs of the shipped configs, and its bookkeeping (no
+training: run_seed is replaced by canned results)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+
+from lt_lightning.cli.lightning_cli import config_class
+from tests.cli.helpers import DIGITS, resolved_config
 
 PATH = Path(__file__).parents[1] / "bench" / "digits_lt_table.py"
 
@@ -47,3 +51,21 @@ def test_rows_use_the_seeds_each_method_has(table):
     assert rows["joint"]["seeds"] == [0, 1] and rows["joint"]["acc"][0] == pytest.approx(0.5)
     assert rows["joint"]["nc1"] == (2.0, 0.0)
     assert rows["ncm"]["seeds"] == [1] and "many_acc" not in rows["ncm"]
+
+
+def test_every_digits_config_is_in_the_table(table):
+    assert sorted(table.FIT + table.TEST_ONLY) == sorted(
+        p.stem for p in DIGITS.glob("*.yaml") if not p.name.startswith("_")
+    )
+
+
+@pytest.mark.slow  # about 0.3 s a method
+def test_each_run_is_a_valid_cli_run(table):
+    for method in table.FIT + table.TEST_ONLY:
+        sub = table.subcommand(method)
+        flag, config, *args = table.cli_args(method, 2)
+        assert flag == "--config"
+        cfg = resolved_config(config, *args, subcommand=sub)
+        assert cfg["seed_everything"] == 2 and cfg["data"]["init_args"]["seed"] == 2, method
+        # tau_norm and ncm are tested (they train nothing), every other method is fitted
+        assert (sub == "fit") == config_class(cfg["model"]).trains, method

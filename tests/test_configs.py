@@ -11,7 +11,10 @@ import yaml
 
 from lt_lightning.cli import build_cli
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+ROOT = Path(__file__).parents[1]
+#: the runnable configs; configs/<dataset>/_base.yaml holds the blocks each folder's configs share
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if not p.name.startswith("_"))
+BASES = sorted((ROOT / "configs").glob("*/_base.yaml"))
 
 
 def test_configs_exist_for_every_dataset_and_method():
@@ -32,3 +35,27 @@ def test_config_parses(path):
     resolved = yaml.safe_load(out.getvalue())
     assert resolved["model"]["class_path"].startswith("lt_lightning.models.")
     assert resolved["data"]["class_path"].startswith("lt_lightning.data.")
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda p: p.parent.name)
+def test_every_config_of_a_folder_includes_its_shared_blocks(base):
+    # one copy of the folder's seed, trainer and data block: every config includes it and changes values
+    for path in sorted(base.parent.glob("*.yaml")):
+        if path != base:
+            assert "\nconfig: _base.yaml\n" in "\n" + path.read_text(), path
+    shared = yaml.safe_load(base.read_text())
+    assert set(shared) <= {"seed_everything", "trainer", "data"}, set(shared)
+    assert "callbacks" not in shared.get("trainer", {})
+
+
+def test_a_dotted_override_in_a_config_changes_one_value_of_the_shared_block(tmp_path):
+    from lt_lightning.cli.configs import resolve_config
+
+    base = resolve_config(ROOT / "configs" / "digits_lt" / "joint.yaml")
+    crt = resolve_config(ROOT / "configs" / "digits_lt" / "crt.yaml")
+    assert (
+        base["data"]["init_args"]["sampler"] == "instance" and crt["data"]["init_args"]["sampler"] == "class"
+    )
+    assert crt["trainer"]["max_epochs"] == 10 and base["trainer"]["max_epochs"] == 30
+    same = {k: v for k, v in crt["data"]["init_args"].items() if k != "sampler"}
+    assert same == {k: v for k, v in base["data"]["init_args"].items() if k != "sampler"}

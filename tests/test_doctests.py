@@ -10,7 +10,12 @@ import pytest
 
 import lt_lightning
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(lt_lightning.__path__, "lt_lightning."))
+# ``__main__`` modules run the program when imported (``python -m lt_lightning.cli``): no examples there
+MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(lt_lightning.__path__, "lt_lightning.")
+    if not m.name.endswith(".__main__")
+)
 
 
 @pytest.mark.parametrize("name", MODULES)

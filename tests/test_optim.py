@@ -1,18 +1,29 @@
-"""AGD (lt_lightning.optim) against a slow per-parameter float64 reference written from the formulas
-(Bernstein et al. 2023; Markou et al.'s nc/optimisers/agd.py), its initialisation, its refusals, and
-the LongTailModule option ``optimizer: agd``."""
+"""lt_lightning.optim: AGD against a slow per-parameter float64 reference written from the formulas
+(Bernstein et al. 2023; Markou et al.'s nc/optimisers/agd.py), its initialisation and refusals; the
+learning-rate schedule against the formulas (and Tang's ``scheduler.step()``-first loop); the optimizer
+as an injected callable and the record a checkpoint keeps of it. AGD's initialisation inside a fit
+(the ``AGDInit`` callback) is in tests/models/test_hooks.py."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from lt_lightning.models import ImplicitETFModule, JointModule
-from lt_lightning.optim import AGD, agd_orthogonal_init_, agd_scale
-from tests.models.helpers import D, cpu_trainer, model_kwargs, synthetic_dm
+from lt_lightning.optim import (
+    AGD,
+    LRSchedule,
+    agd_orthogonal_init_,
+    agd_scale,
+    default_optimizer,
+    describe_optimizer,
+    lr_factor,
+    optimizer_class,
+    optimizer_from_config,
+)
 
 
 def _slices(t: torch.Tensor) -> list[torch.Tensor]:
@@ -184,80 +195,223 @@ def test_agd_fits_a_synthetic_problem():
     assert acc > 0.9
 
 
-# ---- the LongTailModule option ----------------------------------------------------------------------
-
-
-class _BiasFreeMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(D, 32, bias=False), nn.ReLU(), nn.Linear(32, 32, bias=False), nn.ReLU()
-        )
-        self.out_features = 32
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def _agd_module(dm, **kwargs) -> ImplicitETFModule:
-    args = model_kwargs(dm, backbone=_BiasFreeMLP(), neck="l2", feature_scale=5.0, optimizer="agd", gain=10.0)
-    args.update(kwargs)
-    return ImplicitETFModule(**args)
-
-
-@pytest.mark.slow
-def test_module_agd_initialises_at_fit_setup_and_trains(tmp_path):
+def test_agd_skips_its_update_on_the_device_when_found_inf_is_set():
+    # the finite guard's (and GradScaler's) protocol: found_inf != 0 makes the step a no-op, NaN-safe
     torch.manual_seed(0)
-    dm = synthetic_dm()
-    model = _agd_module(dm)
-    model.setup("fit")
-    for p in model.trainable_parameters():
-        sv = torch.linalg.svdvals(p.detach())
-        torch.testing.assert_close(sv, torch.full_like(sv, agd_scale(p.shape)), rtol=1e-5, atol=1e-6)
-    before = [p.detach().clone() for p in model.trainable_parameters()]
-    model.setup("fit")  # a second setup (a second fit) does not re-initialise
-    assert all(torch.equal(a, p) for a, p in zip(before, model.trainable_parameters()))
-    trainer = cpu_trainer(tmp_path, max_epochs=4)
-    trainer.fit(model, datamodule=dm)
-    assert isinstance(trainer.optimizers[0], AGD) and trainer.optimizers[0].depth == 2
-    logged = trainer.callback_metrics
-    assert "train/agd_log_step_epoch" in logged
-    assert logged["train/loss_epoch"] < 1.0  # CE at K=6 starts near log 6 = 1.79
-    val = trainer.validate(model, datamodule=dm, verbose=False)[0]
-    assert val["val/acc"] > 0.6
+    net = nn.Sequential(nn.Linear(4, 3, bias=False))
+    opt = AGD(net.parameters())
+    before = net[0].weight.detach().clone()
+    net[0].weight.grad = torch.full_like(before, torch.nan)
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert torch.equal(net[0].weight, before)
+    net[0].weight.grad = torch.ones_like(before)
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    assert not torch.equal(net[0].weight, before) and torch.isfinite(net[0].weight).all()
 
 
-@pytest.mark.slow
-def test_resumed_and_loaded_agd_weights_are_not_reinitialised(tmp_path):
-    torch.manual_seed(0)
-    dm = synthetic_dm()
-    model = _agd_module(
-        dm, backbone="mlp", backbone_kwargs={"in_features": D, "hidden": [32], "batchnorm": True}
+# ---- the schedule ------------------------------------------------------------------------------------
+def reference_factor(epoch, *, schedule, max_epochs, warmup=0.0, start=0.0, milestones=(), factors=()):
+    """The schedule as written in the papers, one case at a time."""
+    if epoch < warmup:
+        return start + (1 - start) * epoch / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        t = min(max((epoch - warmup) / (max_epochs - warmup), 0.0), 1.0)
+        return (1 + math.cos(math.pi * t)) / 2
+    passed = [f for m, f in zip(milestones, factors) if epoch >= m]
+    return passed[-1] if passed else 1.0
+
+
+@pytest.mark.parametrize("epoch", [0, 0.5, 2.5, 4.99, 5, 6, 159.9, 160, 179, 180, 199])
+def test_warmup_then_multistep_like_yang(epoch):
+    kw = {"max_epochs": 200, "warmup_epochs": 5, "warmup_start_factor": 0.0}
+    got = lr_factor(epoch, schedule="multistep", milestones=[160, 180], milestone_factors=[0.1, 0.01], **kw)
+    ref = reference_factor(
+        epoch, schedule="multistep", max_epochs=200, warmup=5, milestones=(160, 180), factors=(0.1, 0.01)
     )
-    with pytest.raises(ValueError, match=r"backbone\.layers\.2\.weight.*bias or a BatchNorm"):
-        model.setup("fit")  # BatchNorm1d affine: refused by name before any training
-    model = _agd_module(dm)
-    trainer = cpu_trainer(tmp_path, max_epochs=1)
-    trainer.fit(model, datamodule=dm)
-    ckpt = tmp_path / "a.ckpt"
-    trainer.save_checkpoint(ckpt)
-    trained = [p.detach().clone() for p in model.trainable_parameters()]
-    # resume: Lightning restores the checkpoint after setup's init
-    resumed = _agd_module(dm)
-    cpu_trainer(tmp_path, max_epochs=1).fit(resumed, datamodule=dm, ckpt_path=ckpt)
-    assert all(torch.equal(a, p) for a, p in zip(trained, resumed.trainable_parameters()))
-    # load_from_checkpoint, then a new fit: not re-initialised
-    loaded = ImplicitETFModule.load_from_checkpoint(ckpt, backbone=_BiasFreeMLP())
-    loaded.setup("fit")
-    assert all(torch.equal(a, p) for a, p in zip(trained, loaded.trainable_parameters()))
+    assert got == pytest.approx(ref, abs=1e-15)
 
 
-def test_agd_option_guards():
+def test_cosine_after_warmup():
+    f = functools.partial(
+        lr_factor, schedule="cosine", max_epochs=10, warmup_epochs=2, warmup_start_factor=1 / 3
+    )
+    assert f(0) == pytest.approx(1 / 3) and f(2) == pytest.approx(1.0)
+    assert f(6) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(10) == pytest.approx(0.0) and f(12) == pytest.approx(0.0)
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        lr_factor(1.0, schedule="linear", max_epochs=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "step"}, "unknown lr_schedule 'step'"),
+        ({"interval": "batch"}, "interval must be 'step' or 'epoch'"),
+        ({"epoch_offset": -1}, "epoch_offset must be an int >= 0"),
+        ({"epoch_offset": 0.5}, "epoch_offset must be an int >= 0"),
+        ({"epoch_offset": True}, "epoch_offset must be an int >= 0"),
+        ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
+        ({"warmup_start_factor": 1.5}, "warmup_start_factor in \\[0, 1\\]"),
+        ({"milestones": [1, 2], "milestone_factors": [0.1]}, "differ in length"),
+        ({"milestones": [5, 2], "milestone_factors": [0.1, 0.01]}, "milestones must be increasing"),
+    ],
+)
+def test_lr_schedule_refuses_bad_fields(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LRSchedule(**kwargs)
+
+
+def test_lr_schedule_records_round_trip():
+    schedule = LRSchedule("multistep", "epoch", 1, 2.0, 0.1, [3, 6], [0.1, 0.01])
+    record = schedule.to_config()
+    assert record["milestones"] == [3, 6] and isinstance(record["milestone_factors"], list)
+    assert LRSchedule.from_config(record) == schedule and LRSchedule.from_config(schedule) is schedule
+    assert LRSchedule.from_config(None) == LRSchedule("cosine", "step")
+    with pytest.raises(ValueError, match=r"lr_schedule has no fields \['gamma'\]"):
+        LRSchedule.from_config({"gamma": 0.1})
+    with pytest.raises(ValueError, match="lr_schedule must be an LRSchedule or a dict"):
+        LRSchedule.from_config("cosine")
+
+
+def test_is_constant_and_the_factor_with_an_offset():
+    assert LRSchedule("constant").is_constant
+    assert not LRSchedule("constant", warmup_epochs=2).is_constant
+    assert LRSchedule("constant", warmup_epochs=1, epoch_offset=1).is_constant  # the warm-up is skipped
+    assert not LRSchedule("cosine").is_constant
+    s = LRSchedule("cosine", epoch_offset=1)
+    assert s.factor(0, 4) == pytest.approx(lr_factor(1, schedule="cosine", max_epochs=4))
+
+
+def _optimizer(lr=0.2):
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_build_steps_per_epoch_is_asked_once_at_the_first_step_not_at_construction():
+    asked = []
+    opt = _optimizer()
+    config = LRSchedule("cosine").build(opt, max_epochs=4, steps_per_epoch=lambda: asked.append(1) or 10)
+    scheduler = config["scheduler"]
+    assert config["interval"] == "step" and asked == []  # not at construction (Lightning #20550)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert asked == [1]  # once, then cached
+    for step, lr in enumerate(lrs):
+        assert lr == pytest.approx(
+            0.2 * reference_factor(step / 10, schedule="cosine", max_epochs=4), abs=1e-12
+        )
+
+
+def test_build_per_epoch_and_constant():
+    opt = _optimizer()
+    config = LRSchedule("cosine", interval="epoch").build(opt, max_epochs=4, steps_per_epoch=lambda: 1 / 0)
+    assert config["interval"] == "epoch"
+    for epoch in range(4):  # stepped once per epoch: the factor of the epoch, steps_per_epoch never asked
+        assert opt.param_groups[0]["lr"] == pytest.approx(
+            0.2 * reference_factor(epoch, schedule="cosine", max_epochs=4)
+        )
+        opt.step()
+        config["scheduler"].step()
+    assert LRSchedule("constant").build(_optimizer(), max_epochs=None, steps_per_epoch=lambda: 1) is None
+    with pytest.raises(ValueError, match="set trainer max_epochs"):
+        LRSchedule("cosine").build(_optimizer(), max_epochs=-1, steps_per_epoch=lambda: 1)
+
+
+def _tang_lrs(make_scheduler, base_lr: float, epochs: int) -> list[float]:
+    """The lr of each epoch in Tang's (and Kang's) loop under PyTorch >= 1.1: ``scheduler.step()`` first."""
+    opt = _optimizer(base_lr)
+    sched = make_scheduler(opt)
+    lrs = []
+    for _ in range(1, epochs + 1):
+        sched.step()  # at the start of the epoch, as run_networks.py does
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+def _our_lrs(tmp_path, epochs: int, lr: float, schedule: LRSchedule) -> list[float]:
+    import lightning as L
+
+    from lt_lightning.models import JointModule
+    from tests.models.helpers import cpu_trainer, model_kwargs, sgd, synthetic_dm
+
     dm = synthetic_dm()
-    with pytest.raises(ValueError, match="lr_schedule='constant'"):
-        JointModule(**model_kwargs(dm, optimizer="agd", lr_schedule="cosine"))
-    with pytest.raises(ValueError, match="gain"):
-        JointModule(**model_kwargs(dm, optimizer="agd", gain=-1.0))
-    model = JointModule(**model_kwargs(dm, optimizer="agd", backbone=_BiasFreeMLP()))
-    with pytest.raises(ValueError, match=r"'head\.bias'"):  # the linear head's bias
-        model.setup("fit")
+    model = JointModule(**model_kwargs(dm, optimizer=sgd(lr=lr), lr_schedule=schedule))
+    seen: dict[int, set[float]] = {}
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, set()).add(trainer.optimizers[0].param_groups[0]["lr"])
+
+    cpu_trainer(tmp_path, max_epochs=epochs, callbacks=[Record()]).fit(model, datamodule=dm)
+    assert all(len(v) == 1 for v in seen.values())
+    return [next(iter(seen[e])) for e in range(epochs)]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "multistep"])
+def test_epoch_offset_reproduces_tangs_scheduler_step_at_epoch_start(tmp_path, schedule):
+    epochs, lr = 5, 0.2
+    if schedule == "cosine":
+        ref = _tang_lrs(
+            lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, epochs, eta_min=0.0), lr, epochs
+        )
+        fields = {"name": "cosine"}
+    else:
+        ref = _tang_lrs(lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [2, 4], gamma=0.1), lr, epochs)
+        fields = {"name": "multistep", "milestones": (2, 4), "milestone_factors": (0.1, 0.01)}
+    ours = _our_lrs(tmp_path, epochs, lr, LRSchedule(interval="epoch", epoch_offset=1, **fields))
+    assert ours == pytest.approx(ref, abs=1e-12)
+    assert ref[-1] == pytest.approx(0.0 if schedule == "cosine" else lr * 0.01)
+    # without the offset the schedule is the one written down: epoch 0 at the full lr
+    plain = _our_lrs(tmp_path, epochs, lr, LRSchedule(interval="epoch", **fields))
+    assert plain[0] == pytest.approx(lr) and plain != pytest.approx(ref)
+
+
+# ---- the optimizer as a part ---------------------------------------------------------------------------
+def test_the_default_optimizer():
+    opt = default_optimizer()([nn.Parameter(torch.zeros(2))])
+    assert type(opt) is torch.optim.SGD
+    assert (opt.defaults["lr"], opt.defaults["momentum"], opt.defaults["weight_decay"]) == (0.1, 0.9, 5e-4)
+    assert optimizer_from_config(None).keywords == default_optimizer().keywords
+
+
+def test_optimizer_class_and_description():
+    sgd = functools.partial(torch.optim.SGD, lr=0.1, nesterov=True, momentum=0.9)
+    assert optimizer_class(sgd) is torch.optim.SGD and optimizer_class(AGD) is AGD
+    assert optimizer_class(lambda p: None) is None and optimizer_class(nn.Linear) is None
+    wrapped = functools.partial(lambda cls, params, **kw: cls(params, **kw), torch.optim.AdamW, lr=0.01)
+    assert optimizer_class(wrapped) is torch.optim.AdamW  # jsonargparse wraps the class in its arguments
+    record = describe_optimizer(sgd)
+    assert record == {
+        "class_path": "torch.optim.sgd.SGD",
+        "init_args": {"lr": 0.1, "nesterov": True, "momentum": 0.9},
+    }
+    rebuilt = optimizer_from_config(record)
+    params = [nn.Parameter(torch.zeros(2))]
+    assert rebuilt(params).defaults == sgd(params).defaults
+    assert describe_optimizer(torch.optim.Adam) == {"class_path": "torch.optim.adam.Adam", "init_args": {}}
+    assert describe_optimizer(lambda p: None) is None
+    assert describe_optimizer(functools.partial(torch.optim.SGD, lr=torch.tensor(0.1))) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        ({"class_path": "torch.optim.SGD", "init_args": {"lrate": 0.1}}, r"SGD has no arguments \['lrate'\]"),
+        ({"class_path": "torch.nn.Linear"}, "not a torch.optim.optimizer.Optimizer"),
+        ({"class_path": "evil_package.Optimizer"}, "which is not imported"),
+        ({"init_args": {}}, "optimizer must be an optimizer class or callable"),
+        ("sgd", "optimizer must be an optimizer class or callable"),
+    ],
+)
+def test_a_bad_optimizer_record_is_refused(record, match):
+    with pytest.raises(ValueError, match=match):
+        optimizer_from_config(record)

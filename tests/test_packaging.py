@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import re
 import shutil
@@ -41,6 +42,14 @@ def test_one_version_source():
     assert installed == lt_lightning.__version__
 
 
+def test_the_console_script_is_the_clis_main():
+    assert _pyproject()["project"]["scripts"] == {"lt-lightning": "lt_lightning.cli:main"}
+    module, _, name = "lt_lightning.cli:main".partition(":")
+    main = getattr(importlib.import_module(module), name)
+    assert main is importlib.import_module("lt_lightning.cli.main").main  # the dispatcher
+    assert (ROOT / "lt_lightning/cli/__main__.py").is_file()  # python -m lt_lightning.cli (torchrun)
+
+
 def test_typed_marker_is_package_data():
     assert (ROOT / "lt_lightning/py.typed").is_file()
     assert "py.typed" in _pyproject()["tool"]["setuptools"]["package-data"]["lt_lightning"]
@@ -63,6 +72,13 @@ def test_wheel_carries_license_marker_and_version(tmp_path, monkeypatch):
     with zipfile.ZipFile(tmp_path / "dist" / wheel) as zf:
         names = zf.namelist()
         meta = zf.read(f"lt_lightning-{lt_lightning.__version__}.dist-info/METADATA").decode()
+        entry_points = zf.read(f"lt_lightning-{lt_lightning.__version__}.dist-info/entry_points.txt").decode()
     assert "lt_lightning/py.typed" in names
+    assert {
+        "lt_lightning/cli/__init__.py",
+        "lt_lightning/cli/__main__.py",
+        "lt_lightning/cli/main.py",
+    } <= set(names)
+    assert "lt-lightning = lt_lightning.cli:main" in entry_points
     assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names)
     assert f"Version: {lt_lightning.__version__}\n" in meta and "License-Expression: MIT" in meta

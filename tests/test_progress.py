@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
-import yaml
+import pytest
 
 from lt_lightning.callbacks import NeuralCollapseCallback
+from lt_lightning.data import SyntheticLTDataModule
 from lt_lightning.models import JointModule
 from lt_lightning.progress import progress, trainer_shows_progress
-from tests.models.helpers import model_kwargs, synthetic_dm
-
-CONFIGS = Path(__file__).parents[1] / "configs"
+from tests.cli.helpers import DIGITS, resolved_config
 
 
-def test_digits_configs_show_the_progress_bar():
-    files = sorted((CONFIGS / "digits_lt").glob("*.yaml"))
-    assert files
-    for path in files:
-        assert yaml.safe_load(path.read_text())["trainer"]["enable_progress_bar"] is True, path.name
+@pytest.mark.parametrize(
+    "path", sorted(p for p in DIGITS.glob("*.yaml") if not p.name.startswith("_")), ids=lambda p: p.stem
+)
+def test_digits_configs_show_the_progress_bar(path):
+    assert resolved_config(path)["trainer"]["enable_progress_bar"] is True
 
 
 def test_progress_passes_items_through(capsys):
@@ -37,9 +34,14 @@ def test_trainer_decides(tmp_path):
 
 
 def test_nc_pass_draws_a_bar_only_when_the_trainer_does(tmp_path, capsys):
-    dm = synthetic_dm()
+    dm = SyntheticLTDataModule(num_classes=4, feature_dim=8, max_count=40, imbalance_ratio=4, batch_size=32)
     for shown in (False, True):
-        model = JointModule(**model_kwargs(dm))
+        model = JointModule(
+            num_classes=dm.num_classes,
+            class_counts=dm.class_counts,
+            backbone="mlp",
+            backbone_kwargs={"in_features": 8, "hidden": [16]},
+        )
         trainer = L.Trainer(
             max_epochs=1,
             accelerator="cpu",

@@ -1,4 +1,5 @@
-"""Every ``lt-lightning`` command the README shows parses (``--print_config``) against the shipped configs."""
+"""Every ``lt-lightning`` command the README shows parses (``--print_config``) against the shipped configs, and
+every option it sets lands on that key of the resolved config (an abbreviated or stale key would not)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from lt_lightning.cli import build_cli
-from lt_lightning.seeds import _parser as seeds_parser
+from lt_lightning.cli.seeds import _parser as seeds_parser
 
 ROOT = Path(__file__).parents[1]
 
@@ -54,3 +55,27 @@ def test_readme_command_parses(args, monkeypatch):
     assert info.value.code in (0, None)
     config = yaml.safe_load(out.getvalue())
     assert config["model"]["class_path"].startswith("lt_lightning.models.")
+    for option, value in _overrides(args):
+        node = config
+        for key in option.removeprefix("--").split("."):
+            assert isinstance(node, dict) and key in node, f"{option}: no such key in the resolved config"
+            node = node[key]
+        assert node == yaml.safe_load(value) or str(node) == value, f"{option}: {node!r} != {value!r}"
+
+
+def _overrides(args: list[str]) -> list[tuple[str, str]]:
+    """The ``--dotted.key VALUE`` pairs of a command (not ``-c``)."""
+    pairs = []
+    for i, word in enumerate(args[:-1]):
+        if (
+            word.startswith("--")
+            and word not in ("--config", "--print_config")
+            and not args[i + 1].startswith("-")
+        ):
+            pairs.append((word, args[i + 1]))
+    return pairs
+
+
+def test_override_pairs():
+    args = ["fit", "-c", "x.yaml", "--trainer.devices", "4", "--print_config", "--ckpt_path", "a.ckpt"]
+    assert _overrides(args) == [("--trainer.devices", "4"), ("--ckpt_path", "a.ckpt")]

@@ -3,64 +3,32 @@
 It reads any module through the head protocol — ``extract_features(x) -> [N, d]``,
 ``forward_head(features) -> [N, K]`` and ``classifier_weight_bias() -> ([K, d], [K] | None)`` — and any
 datamodule with ``train_eval_dataloader()`` (and ``val_dataloader()`` / ``test_dataloader()``),
-``num_classes`` and ``class_counts`` (``shot_groups`` optional).
+``num_classes``, ``class_counts`` and ``shot_groups`` (the run's groups, which the datamodule owns).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from lt_lightning.callbacks import plots
-from lt_lightning.data.profiles import shot_groups as _shot_groups_from_counts
+import lt_lightning.callbacks.plots as plots
+from lt_lightning.loops import evaluation_mode, evaluation_pass
 from lt_lightning.metrics.neural_collapse import NeuralCollapse
 from lt_lightning.metrics.shot_accuracy import ShotAccuracy
-from lt_lightning.progress import progress, trainer_shows_progress
+from lt_lightning.spec import check_shot_groups
 
 __all__ = ["NeuralCollapseCallback"]
 
 _SPLITS = ("train", "val", "test")
 _LOADERS = {"train": "train_eval_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
 _MODULE_HOOKS = ("extract_features", "forward_head", "classifier_weight_bias")
-
-
-@contextlib.contextmanager
-def _preserved_training_state(pl_module: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no grad inside; on exit every submodule's mode and the global RNGs are restored.
-
-    The RNGs matter because building a DataLoader iterator draws a base seed from torch's global
-    generator, and stochastic layers would draw in train mode; restoring them keeps the training run
-    bit-identical to one without the callback.
-    """
-    modes = [(m, m.training) for m in pl_module.modules()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = (
-        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    )
-    np_rng = np.random.get_state()  # noqa: NPY002  (saving the legacy global state is the point)
-    py_rng = random.getstate()
-    try:
-        pl_module.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode  # per module: .train(mode) would recurse over children
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        np.random.set_state(np_rng)  # noqa: NPY002
-        random.setstate(py_rng)
 
 
 @contextlib.contextmanager
@@ -187,7 +155,7 @@ class NeuralCollapseCallback(Callback):
                 f"{type(pl_module).__name__} lacks {', '.join(missing)}"
             )
         dm = trainer.datamodule
-        needed = [_LOADERS[s] for s in self.on] + ["num_classes", "class_counts"]
+        needed = [_LOADERS[s] for s in self.on] + ["num_classes", "class_counts", "shot_groups"]
         lacking = [name for name in needed if dm is None or not hasattr(dm, name)]
         if lacking:
             raise TypeError(
@@ -211,11 +179,10 @@ class NeuralCollapseCallback(Callback):
         dm = trainer.datamodule
         num_classes = int(dm.num_classes)
         class_counts = torch.as_tensor(list(dm.class_counts))
-        groups = getattr(dm, "shot_groups", None)
-        groups = _shot_groups_from_counts(class_counts) if groups is None else torch.as_tensor(groups)
+        groups = check_shot_groups(dm.shot_groups, num_classes)  # the datamodule owns the run's groups
         logged: dict[str, float] = {}
         figures: dict[str, Any] = {}
-        with _preserved_training_state(pl_module), _rank_zero_buffers(pl_module):
+        with evaluation_mode(pl_module), _rank_zero_buffers(pl_module):
             weight, bias = pl_module.classifier_weight_bias()
             for split in self.on:
                 loader = getattr(dm, _LOADERS[split])()
@@ -232,18 +199,16 @@ class NeuralCollapseCallback(Callback):
             self._log_figures(trainer, figures)
         return logged
 
-    def _batches(
-        self, loader: Iterable[Any], trainer: Trainer, device: torch.device
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        shown = trainer_shows_progress(trainer)
-        total = None if not shown else _safe_len(loader, self.max_batches)
-        for i, batch in enumerate(progress(loader, "neural collapse", enabled=shown, total=total)):
-            if self.max_batches is not None and i >= self.max_batches:
-                break
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise TypeError(f"expected (x, y) batches from the datamodule, got {type(batch).__name__}")
-            x, y = move_data_to_device((batch[0], batch[1]), device)
-            yield trainer.precision_plugin.convert_input(x), y
+    def _pass(self, trainer: Trainer, pl_module: LightningModule, loader: Iterable[Any]) -> Iterator[Any]:
+        """``((features, logits), y)`` per batch of ``loader`` (the one evaluation pass: device, precision)."""
+
+        def step(x: Tensor) -> tuple[Tensor, Tensor]:
+            features = pl_module.extract_features(x)
+            return features, pl_module.forward_head(features)
+
+        return evaluation_pass(
+            trainer, pl_module, loader, step, desc="neural collapse", max_batches=self.max_batches
+        )
 
     def _measure_split(
         self,
@@ -268,9 +233,7 @@ class NeuralCollapseCallback(Callback):
         ).to(device)
         acc = ShotAccuracy(num_classes, shot_groups=groups).to(device)
         cache: list[tuple[Tensor, Tensor, Tensor]] = []
-        for x, y in self._batches(loader, trainer, device):
-            features = pl_module.extract_features(x)
-            logits = pl_module.forward_head(features)
+        for (features, logits), y in self._pass(trainer, pl_module, loader):
             nc.update(features, y)
             acc.update(logits, y)
             if self.cache_features:
@@ -278,17 +241,13 @@ class NeuralCollapseCallback(Callback):
         means, seen = nc.freeze_class_means(return_counts=True)
         second: Iterable[tuple[Tensor, Tensor, Tensor]] = cache
         if not self.cache_features:
-            second = (
-                (f, y, pl_module.forward_head(f))
-                for f, y in (
-                    (pl_module.extract_features(x), y) for x, y in self._batches(loader, trainer, device)
-                )
-            )
+            second = ((f, y, logits) for (f, logits), y in self._pass(trainer, pl_module, loader))
         for features, y, logits in second:
             nc.update_nc4(features, y, logits)
         nc.set_classifier(weight, bias)
-        values = {k: float(v) for k, v in nc.compute().items()}  # one host read per value, at the end
-        values.update({k: float(v) for k, v in acc.compute().items()})
+        computed = {**nc.compute(), **acc.compute()}  # 0-d float64 tensors
+        keys = list(computed)
+        values = dict(zip(keys, torch.stack([computed[k].reshape(()).double() for k in keys]).tolist()))
         for key in ("many_classes", "medium_classes", "few_classes"):
             values.pop(key, None)  # constant per run; not worth a curve
         per_class_acc = acc.per_class_accuracy()
@@ -329,11 +288,3 @@ class NeuralCollapseCallback(Callback):
             for key, fig in figures.items():
                 name = key.removeprefix("nc/").replace("/", "_")
                 fig.savefig(os.path.join(out, f"epoch{trainer.current_epoch:04d}_{name}.png"), dpi=80)
-
-
-def _safe_len(loader: Any, max_batches: int | None) -> int | None:
-    try:
-        n = len(loader)
-    except TypeError:
-        return max_batches
-    return n if max_batches is None else min(n, max_batches)

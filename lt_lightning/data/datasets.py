@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "ArrayImageDataset",
+    "LabelledDataset",
     "SplitFileDataset",
     "TensorFeatureDataset",
     "read_cifar",
@@ -225,10 +226,25 @@ def read_split_file(
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-class ArrayImageDataset(Dataset):
+class LabelledDataset(Dataset):
+    """A dataset whose ``[N]`` int64 labels are its ``targets`` and whose items are ``(x, label)``."""
+
+    targets: torch.Tensor
+    transform: Callable | None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+class ArrayImageDataset(LabelledDataset):
     """Images held in memory as uint8 arrays ``[N, H, W]`` or ``[N, H, W, C]``; yields ``(x, label)``."""
 
-    def __init__(self, images: np.ndarray, targets: Sequence[int], transform: Callable | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: Sequence[int] | np.ndarray | torch.Tensor,
+        transform: Callable | None = None,
+    ):
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images = images
@@ -244,7 +260,7 @@ class ArrayImageDataset(Dataset):
         return x, int(self.targets[i])
 
 
-class TensorFeatureDataset(Dataset):
+class TensorFeatureDataset(LabelledDataset):
     """Pre-made float tensors ``[N, ...]`` (digits, synthetic clusters); yields ``(x, label)``."""
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, transform: Callable | None = None):
@@ -264,14 +280,14 @@ class TensorFeatureDataset(Dataset):
         return x, int(self.targets[i])
 
 
-class SplitFileDataset(Dataset):
+class SplitFileDataset(LabelledDataset):
     """Images listed in a split file under an image root (ImageNet-LT, Places-LT, iNaturalist-2018)."""
 
     def __init__(
         self,
         root: str | os.PathLike,
         paths: Sequence[str],
-        targets: Sequence[int],
+        targets: Sequence[int] | np.ndarray | torch.Tensor,
         transform: Callable | None = None,
     ):
         self.root = Path(root)
@@ -286,7 +302,7 @@ class SplitFileDataset(Dataset):
         path = self.root / self.paths[i]
         if not path.is_file():
             raise FileNotFoundError(f"image listed in the split file is missing: {path}")
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        with Image.open(path) as file:
+            img = file.convert("RGB")
         x = self.transform(img) if self.transform is not None else img
         return x, int(self.targets[i])

@@ -9,10 +9,12 @@ Same distribution as the torchvision path (``RandomCrop(size, padding=p)`` then
 zeros (pixel value 0, before normalisation; the border is added once to the resident set), the crop's
 top-left corner is uniform over ``{0, …, 2p}²``, the crop is mirrored with probability 1/2, then
 ``(x / 255 − mean) / std`` as one affine pass (within 1 ulp of torchvision's two steps, so a given
-crop and flip give the same tensor to float32 rounding). The augmentation parameters of an epoch are drawn on the device from a generator
-seeded by ``(seed, epoch, rank)``, so an epoch's batches depend only on those (and the sampler's
-order, itself seeded by ``(seed, epoch)``): resuming at an epoch boundary reproduces the run exactly,
-as on the DataLoader path.
+crop and flip give the same tensor to float32 rounding). The augmentation parameters of an epoch are
+drawn on the device, for the rank's whole slice of the epoch, from a generator seeded by ``(seed, epoch,
+rank)``, so an epoch's batches depend only on those (and the sampler's order, itself seeded by ``(seed,
+epoch)``): resuming at an epoch boundary reproduces the run exactly, as on the DataLoader path, and so
+does a mid-epoch resume (:mod:`lt_lightning.data.loading`): the sampler skips the samples already
+trained and the loader aligns the epoch's crops and flips with the position it resumes at.
 
 The sampler is the datamodule's own object (a ``DistributedSampler`` subclass, sliced per rank):
 :class:`DeviceLoader` exposes it as ``.sampler`` so that Lightning calls its ``set_epoch`` every epoch,
@@ -21,19 +23,22 @@ and reads the epoch's indices from ``iter(sampler)`` (one host list per epoch, n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision import transforms as T
 
+from lt_lightning.data.loading import ResumePosition
+
 __all__ = [
     "PIPELINES",
     "AugmentSpec",
     "DeviceLoader",
+    "PipelineName",
     "augment_batch",
     "normalisation_affine",
     "pad_images",
@@ -41,7 +46,8 @@ __all__ = [
 ]
 
 #: Values of the datamodules' ``pipeline`` argument.
-PIPELINES = ("dataloader", "device")
+PipelineName = Literal["dataloader", "device"]
+PIPELINES: tuple[str, ...] = get_args(PipelineName)
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,9 @@ def spec_from_transform(transform: object | None) -> AugmentSpec:
     if transform is None:
         return AugmentSpec()
     steps = transform.transforms if isinstance(transform, T.Compose) else [transform]
-    padding, flip, mean, std = 0, False, (), ()
+    padding, flip = 0, False
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
     for step in steps:
         if isinstance(step, T.RandomCrop):
             pad = step.padding
@@ -134,9 +142,13 @@ def augment_batch(
         rows = torch.arange(h, device=dev).expand(b, h)
         cols = torch.arange(w, device=dev).expand(b, w)
         if p:
+            if offsets is None:
+                raise ValueError(f"augment_batch: crop_padding={p} needs the crop corners (offsets)")
             rows = rows + offsets[:, :1]
             cols = cols + offsets[:, 1:]
         if spec.flip:
+            if flips is None:
+                raise ValueError("augment_batch: spec.flip needs the flips")
             cols = torch.where(flips[:, None], cols.flip(1), cols)  # mirroring the crop = reversed columns
         crop = x[sample[:, None, None], rows[:, :, None], cols[:, None, :]]  # [B, H, W, C] uint8
     else:
@@ -169,8 +181,11 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank, 0xA06]).generate_state(1, np.uint64)[0] >> 1)
 
 
-class DeviceLoader:
+class DeviceLoader(ResumePosition):
     """Batches ``(x float32 [B, C, H, W], y [B])`` drawn on a device from data resident there.
+
+    Its position within the epoch is saved in checkpoints like the DataLoader path's
+    (:class:`~lt_lightning.data.loading.ResumePosition`).
 
     Args:
         data: uint8 images ``[N, H, W(, C)]`` (augmented by ``spec``), or float inputs ``[N, ...]``
@@ -183,6 +198,8 @@ class DeviceLoader:
         seed: base seed of the augmentation (mixed with the sampler's epoch and rank).
         channels_last: return image batches in ``torch.channels_last`` memory format.
     """
+
+    batch_size: int
 
     def __init__(
         self,
@@ -234,44 +251,24 @@ class DeviceLoader:
         flips = torch.rand(n, generator=g, device=self.device) < 0.5 if self.spec.flip else None
         return offsets, flips
 
-    #: callable returning the batches of the current epoch already trained (set by the datamodule from
-    #: its trainer's loop); read when a checkpoint is written, for exact mid-epoch resume
-    batches_done: Callable[[], int] | None = None
-    _skip_batches: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        """The position within the epoch (Lightning saves it with the fit loop)."""
-        done = int(self.batches_done()) if self.batches_done is not None else 0
-        return {"batches_done": done, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume the epoch after the batches a mid-epoch checkpoint had trained.
-
-        The epoch's order and its crop/flip draws depend on ``(seed, epoch, rank)`` only, so the resumed
-        epoch skips ``batches_done`` batches and trains exactly the ones the interrupted epoch had left.
-        """
-        done, batch_size = int(state.get("batches_done", 0)), state.get("batch_size")
-        if done and batch_size != self.batch_size:
-            raise ValueError(
-                f"the checkpoint was taken mid-epoch with batch size {batch_size}; resuming it exactly needs "
-                f"the same batch size, got {self.batch_size}"
-            )
-        self._skip_batches = done
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         indices = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long).to(self.device)
-        offsets, flips = self._params(len(indices))
-        stop = len(self) * self.batch_size
-        first, self._skip_batches = self._skip_batches * self.batch_size, 0
-        for start in range(first, min(stop, len(indices)), self.batch_size):  # one iteration per batch
+        # The crops and flips are drawn for the rank's whole slice of the epoch; after a mid-epoch
+        # resume the sampler yields the slice without its first `skipped` samples, which had them.
+        slice_len = max(len(self.sampler), len(indices))
+        skipped = slice_len - len(indices)
+        offsets, flips = self._params(slice_len)
+        stop = len(self) * self.batch_size - skipped
+        for start in range(0, min(stop, len(indices)), self.batch_size):  # one iteration per batch
             sel = slice(start, start + self.batch_size)
+            params = slice(skipped + start, skipped + start + self.batch_size)
             idx = indices[sel]
             if self.is_image:
                 x = augment_batch(
                     self.data,
                     self.spec,
-                    None if offsets is None else offsets[sel],
-                    None if flips is None else flips[sel],
+                    None if offsets is None else offsets[params],
+                    None if flips is None else flips[params],
                     indices=idx,
                     padded=True,
                     affine=self._affine,

@@ -1,19 +1,21 @@
-"""Long-tailed class-count profiles and many/medium/few shot groups.
+"""Long-tailed class-count profiles.
 
 Conventions follow Cao et al. (LDAM-DRW, NeurIPS 2019), the generator behind CIFAR-LT: class 0 is the
-most frequent class and the counts decay along the natural class order.
+most frequent class and the counts decay along the natural class order. The shot-group rule is
+:mod:`lt_lightning.spec`'s (``shot_groups`` and ``SHOT_GROUP_NAMES`` are re-exported here, not copied).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Literal, get_args
 
-import torch
+from lt_lightning.spec import SHOT_GROUP_NAMES, shot_groups
 
-__all__ = ["PROFILES", "SHOT_GROUP_NAMES", "long_tail_counts", "shot_groups"]
+__all__ = ["PROFILES", "SHOT_GROUP_NAMES", "ProfileName", "long_tail_counts", "shot_groups"]
 
-PROFILES = ("exp", "step")
-SHOT_GROUP_NAMES = ("many", "medium", "few")
+#: the long-tail profiles of :func:`long_tail_counts` (the datamodules' ``profile`` option)
+ProfileName = Literal["exp", "step"]
+PROFILES: tuple[str, ...] = get_args(ProfileName)
 
 
 def long_tail_counts(
@@ -56,33 +58,3 @@ def long_tail_counts(
         ]
     head = num_classes // 2
     return [max_count] * head + [int(max_count / imbalance_ratio)] * (num_classes - head)
-
-
-def shot_groups(
-    class_counts: Sequence[int] | torch.Tensor, many_threshold: int = 100, few_threshold: int = 20
-) -> torch.LongTensor:
-    """Shot group of every class from its training count (Kang et al., ICLR 2020).
-
-    0 = many (count > many_threshold), 1 = medium (few_threshold <= count <= many_threshold),
-    2 = few (count < few_threshold).
-
-    Args:
-        class_counts: ``[K]`` training counts.
-
-    Returns:
-        ``[K]`` int64 group ids.
-
-    >>> shot_groups([500, 100, 20, 19]).tolist()
-    [0, 1, 1, 2]
-    """
-    if few_threshold > many_threshold:
-        raise ValueError(f"few_threshold ({few_threshold}) must be <= many_threshold ({many_threshold})")
-    counts = torch.as_tensor(class_counts)
-    if counts.ndim != 1:
-        raise ValueError(f"class_counts must be one-dimensional [K], got shape {tuple(counts.shape)}")
-    if (counts < 0).any():
-        raise ValueError(f"class_counts must be non-negative, got {counts.tolist()}")
-    groups = torch.ones(counts.shape, dtype=torch.long)
-    groups[counts > many_threshold] = 0
-    groups[counts < few_threshold] = 2
-    return groups

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torchvision import transforms as T
 
-__all__ = ["NORMALIZATION", "cifar_transforms", "imagenet_transforms", "small_image_transforms"]
+__all__ = [
+    "NORMALIZATION",
+    "NormalizationName",
+    "cifar_transforms",
+    "imagenet_transforms",
+    "small_image_transforms",
+]
+
+#: the keys of :data:`NORMALIZATION` (the in-memory datamodules' ``normalization`` option)
+NormalizationName = Literal["cifar", "imagenet", "inat", "mnist", "fashion_mnist", "svhn", "stl10", "half"]
 
 # (mean, std) per dataset. CIFAR values as in the LDAM-DRW code the CIFAR-LT numbers come from.
-NORMALIZATION = {
+NORMALIZATION: dict[NormalizationName, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inat": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
@@ -29,7 +40,10 @@ def cifar_transforms(augment: bool = True) -> tuple[T.Compose, T.Compose]:
 
 
 def imagenet_transforms(
-    color_jitter: bool = True, normalization: str = "imagenet", image_size: int = 224, resize: int = 256
+    color_jitter: bool = True,
+    normalization: NormalizationName = "imagenet",
+    image_size: int = 224,
+    resize: int = 256,
 ) -> tuple[T.Compose, T.Compose]:
     """Kang et al.'s ImageNet-LT / Places-LT / iNat transforms.
 
@@ -45,7 +59,7 @@ def imagenet_transforms(
 
 
 def small_image_transforms(
-    name: str, size: int, crop_padding: int = 0, flip: bool = False
+    name: NormalizationName, size: int, crop_padding: int = 0, flip: bool = False
 ) -> tuple[T.Compose, T.Compose]:
     """Transforms for MNIST-like, SVHN and STL-10 images: optional padded crop and flip, then normalise."""
     mean, std = NORMALIZATION[name]

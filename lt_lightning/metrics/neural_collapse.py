@@ -1,7 +1,8 @@
-"""Streaming, DDP-exact neural-collapse metrics as a torchmetrics ``Metric``.
+"""Streaming, DDP-exact neural-collapse metrics as a torchmetrics ``Metric`` (Papyan et al.; Zhu et al.).
 
-The maths lives in :mod:`lt_lightning.metrics.functional`; this class holds float64 statistics and calls
-it. See the module docstring there for the definitions and the merge algebra.
+The maths lives in :mod:`lt_lightning.metrics.functional`: the statistics and their merge algebra in
+:mod:`~lt_lightning.metrics.functional.nc_state`, the definitions in
+:mod:`~lt_lightning.metrics.functional.geometry`. This class holds float64 statistics and calls them.
 """
 
 from __future__ import annotations
@@ -11,19 +12,25 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from lt_lightning.metrics.functional import (
+from lt_lightning.compat import ExactMergeMetric, plot_metric_values
+from lt_lightning.metrics.functional._inputs import (
     _GLOBAL_MEANS,
-    SHOT_GROUP_NAMES,
     _check_classifier,
     _neural_collapse_check_inputs,
-    _neural_collapse_compute,
+)
+from lt_lightning.metrics.functional.geometry import _neural_collapse_compute
+from lt_lightning.metrics.functional.nc_state import (
     _neural_collapse_merge,
     _neural_collapse_nc4_update,
     _neural_collapse_shift_correction,
     _neural_collapse_update,
-    _resolve_class_groups,
+)
+from lt_lightning.spec import (
+    DEFAULT_FEW_THRESHOLD,
+    DEFAULT_MANY_THRESHOLD,
+    SHOT_GROUP_NAMES,
+    resolve_shot_groups,
 )
 
 __all__ = ["NeuralCollapse"]
@@ -31,7 +38,7 @@ __all__ = ["NeuralCollapse"]
 _EMPTY_CLASSES = ("error", "drop")
 
 
-class NeuralCollapse(Metric):
+class NeuralCollapse(ExactMergeMetric):
     """NC1–NC4, bias collapse, equinorms and CDNV from streamed features (Papyan et al.; Zhu et al.).
 
     One pass of :meth:`update` accumulates, in float64, per-class counts ``[K]`` and sums ``[K, d]``,
@@ -47,18 +54,22 @@ class NeuralCollapse(Metric):
     means, so ranks cannot simply be summed; ``compute`` merges them exactly with two all-reduces
     (counts and sums first, then each rank's scatter re-centred on the global class means), and
     :meth:`freeze_class_means` uses one all-reduce — a fixed number of collectives, whatever the number
-    of batches. ``dist_reduce_fx`` is declared ``"sum"`` for every state; the re-centring happens in
-    the overridden ``_sync_dist`` (and ``_reduce_states`` for ``forward``/``merge_state``).
+    of batches. ``dist_reduce_fx`` is declared ``"sum"`` for every state, but torchmetrics' per-state
+    reduction is replaced (:class:`lt_lightning.compat.ExactMergeMetric`) by :meth:`sync_states`
+    (ranks) and :meth:`merge_states` (``merge_state``), which re-centre the scatter first.
 
     The classifier enters at compute time through :meth:`set_classifier` (the classifier-dependent
-    metrics are NaN without it).
+    metrics are NaN without it). ``compute()`` is not cached (``compute_with_cache=False``): the
+    classifier and the ``nc4`` pass change the result outside ``update``, so every call recomputes
+    (and, under DDP, merges again).
 
     Args:
         num_classes: ``K``.
         feature_dim: ``d``.
         class_counts: training counts ``[K]``; gives the many/medium/few breakdown via
-            ``shot_groups(class_counts, many_threshold, few_threshold)``.
-        shot_groups: ``[K]`` group ids (0 many, 1 medium, 2 few) instead of ``class_counts``.
+            :func:`lt_lightning.spec.shot_groups` ``(class_counts, many_threshold, few_threshold)``.
+        shot_groups: ``[K]`` group ids (0 many, 1 medium, 2 few) instead of ``class_counts`` (either
+            one goes through :func:`lt_lightning.spec.resolve_shot_groups`).
         many_threshold, few_threshold: thresholds for ``class_counts``.
         empty_classes: ``"error"`` (default): ``compute`` raises naming classes without samples;
             ``"drop"``: metrics use the classes that have samples.
@@ -69,7 +80,7 @@ class NeuralCollapse(Metric):
             ``torch.float32`` for the per-batch ``B×d×d`` scatter product: float32-GEMM speed, ~1e-7
             relative error, still accumulated in float64.
         kwargs: passed to ``torchmetrics.Metric`` (``dist_sync_fn`` is not supported: the merge needs
-            its own collectives).
+            its own collectives; ``compute_with_cache`` is always False).
 
     Example:
         >>> metric = NeuralCollapse(num_classes=3, feature_dim=3)
@@ -95,6 +106,8 @@ class NeuralCollapse(Metric):
     sq_dev: Tensor
     nc4_mismatch: Tensor
     nc4_total: Tensor
+    class_group: Tensor | None
+    _frozen_means: Tensor | None
 
     def __init__(
         self,
@@ -103,8 +116,8 @@ class NeuralCollapse(Metric):
         *,
         class_counts: Sequence[int] | Tensor | None = None,
         shot_groups: Sequence[int] | Tensor | None = None,
-        many_threshold: int = 100,
-        few_threshold: int = 20,
+        many_threshold: int = DEFAULT_MANY_THRESHOLD,
+        few_threshold: int = DEFAULT_FEW_THRESHOLD,
         empty_classes: str = "error",
         rtol: float | None = None,
         global_mean: str = "sample",
@@ -114,11 +127,12 @@ class NeuralCollapse(Metric):
     ) -> None:
         if product_dtype not in (torch.float64, torch.float32):
             raise ValueError(f"product_dtype must be torch.float64 or torch.float32, got {product_dtype}")
-        if kwargs.get("dist_sync_fn") is not None:
+        if kwargs.pop("compute_with_cache", False):
             raise ValueError(
-                "NeuralCollapse merges ranks with its own all-reduces; dist_sync_fn is not supported"
+                "NeuralCollapse does not cache compute(): set_classifier, freeze_class_means and "
+                "update_nc4 change its result outside update(); leave compute_with_cache unset"
             )
-        super().__init__(**kwargs)
+        super().__init__(compute_with_cache=False, **kwargs)
         for name, value in (("num_classes", num_classes), ("feature_dim", feature_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -135,7 +149,7 @@ class NeuralCollapse(Metric):
         self.global_mean = global_mean
         self.validate_args = validate_args
         self.product_dtype = product_dtype
-        groups = _resolve_class_groups(num_classes, class_counts, shot_groups, many_threshold, few_threshold)
+        groups = resolve_shot_groups(num_classes, class_counts, shot_groups, many_threshold, few_threshold)
         self.num_groups = 1 if groups is None else len(SHOT_GROUP_NAMES)
         # Non-persistent buffers follow .to(device) but stay out of checkpoints.
         self.register_buffer("class_group", groups, persistent=False)
@@ -184,7 +198,7 @@ class NeuralCollapse(Metric):
         ``return_counts`` also returns the global per-class sample counts ``[K]``.
         """
         counts, sums = self.counts, self.sums
-        if self._to_sync and self._distributed():
+        if self.sync_on_compute and self.distributed_available():
             flat = torch.cat([counts, sums.flatten()])
             torch.distributed.all_reduce(flat, group=self.process_group)
             counts, sums = flat[: self.num_classes], flat[self.num_classes :].view_as(sums)
@@ -192,7 +206,6 @@ class NeuralCollapse(Metric):
         self._frozen_means = means
         self.nc4_mismatch.zero_()
         self.nc4_total.zero_()
-        self._computed = None
         return (means.clone(), counts.clone()) if return_counts else means.clone()
 
     def update_nc4(self, features: Tensor, labels: Tensor, preds: Tensor, mask: Tensor | None = None) -> None:
@@ -217,7 +230,6 @@ class NeuralCollapse(Metric):
                 f"preds must be [B] class indices or [B, {self.num_classes}] logits, got "
                 f"{getattr(preds, 'shape', type(preds))}"
             )
-        self._computed = None
         usable = ~torch.isnan(self._frozen_means[:, 0])
         mism, total = _neural_collapse_nc4_update(
             features, labels, preds, self._frozen_means, usable, self.class_group, mask
@@ -233,14 +245,24 @@ class NeuralCollapse(Metric):
         _check_classifier(weight, bias, self.num_classes, self.feature_dim)
         self._weight = weight.detach().to(torch.float64).clone()
         self._bias = None if bias is None else bias.detach().to(torch.float64).clone()
-        self._computed = None
 
     def compute(self) -> dict[str, Tensor]:
-        """All metrics as 0-d float64 tensors: ``nc1``… ``cdnv`` and, with shot groups, ``"nc1/many"`` etc."""
+        """All metrics as 0-d float64 tensors on the metric's device (the keys of the one-shot function).
+
+        ``nc1`` … ``cdnv`` and, with shot groups, ``"nc1/many"`` etc. and the minority-collapse keys
+        (:data:`~lt_lightning.metrics.functional.MINORITY_COLLAPSE_KEYS`). Under DDP the ranks'
+        statistics are merged first (two all-reduces, :meth:`sync_states`).
+
+        Raises:
+            ValueError: a class without samples (``empty_classes="error"``) or non-finite statistics.
+
+        Warns:
+            UndefinedMetricWarning: an overall metric is NaN for these statistics.
+        """
         classes = None
         if self.empty_classes == "drop":
             classes = self.counts > 0
-        values = _neural_collapse_compute(
+        return _neural_collapse_compute(
             self.counts,
             self.sums,
             self.scatter,
@@ -254,9 +276,8 @@ class NeuralCollapse(Metric):
             rtol=self.rtol,
             global_mean=self.global_mean,
         )
-        return {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
 
-    def plot(self, val: dict[str, Tensor] | Sequence[dict[str, Tensor]] | None = None, ax: Any = None):
+    def plot(self, val: dict[str, Tensor] | Sequence[dict[str, Tensor]] | None = None, ax: Any = None) -> Any:
         """torchmetrics' plot of NC1–NC4 (one value, or a sequence of them, e.g. per epoch).
 
         The geometry figures (class-mean Gram against the ETF, norms against class size) are
@@ -268,7 +289,7 @@ class NeuralCollapse(Metric):
         val = val if val is not None else self.compute()
         pick = lambda v: {k: v[k].float() for k in ("nc1", "nc2", "nc3", "nc4") if k in v}  # noqa: E731
         val = pick(val) if isinstance(val, dict) else [pick(v) for v in val]
-        return self._plot(val, ax)
+        return plot_metric_values(self, val, ax)
 
     def reset(self) -> None:
         """Clear the statistics and the frozen means (the classifier is kept)."""
@@ -276,17 +297,18 @@ class NeuralCollapse(Metric):
         self._frozen_means = None
 
     # ---------------------------------------------------------------------------------- exact merges
-    def _distributed(self) -> bool:
-        fn = self.distributed_available_fn
-        return bool(fn()) if callable(fn) else False
+    def sync_states(self, process_group: Any | None) -> None:
+        """Exact cross-rank merge with two all-reduces (Chan et al.'s parallel algorithm, many parts).
 
-    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any | None = None) -> None:
-        """Exact cross-rank merge with two all-reduces (Chan et al.'s parallel algorithm, many parts)."""
-        group = process_group or self.process_group
+        First the counts ``[K]``, sums ``[K, d]`` and nc4 counters; then each rank's scatter
+        ``[G, d, d]`` and sq_dev ``[K]``, re-centred on the global class means
+        (:func:`~lt_lightning.metrics.functional.nc_state._neural_collapse_shift_correction`), are summed.
+        Collective: torchmetrics calls it on every rank from ``compute()``.
+        """
         k, d = self.sums.shape
         g1 = self.nc4_mismatch.numel()
         flat = torch.cat([self.counts, self.sums.flatten(), self.nc4_mismatch, self.nc4_total])
-        torch.distributed.all_reduce(flat, group=group)
+        torch.distributed.all_reduce(flat, group=process_group)
         counts = flat[:k]
         sums = flat[k : k + k * d].view(k, d)
         global_means = sums / counts.clamp_min(1.0)[:, None]
@@ -294,15 +316,15 @@ class NeuralCollapse(Metric):
             self.counts, self.sums, global_means, self.class_group, self.num_groups
         )
         flat2 = torch.cat([(self.scatter + corr_s).flatten(), self.sq_dev + corr_q])
-        torch.distributed.all_reduce(flat2, group=group)
+        torch.distributed.all_reduce(flat2, group=process_group)
         self.counts, self.sums = counts, sums
         self.nc4_mismatch = flat[k + k * d : k + k * d + g1]
         self.nc4_total = flat[k + k * d + g1 :]
         self.scatter = flat2[: self.scatter.numel()].view_as(self.scatter)
         self.sq_dev = flat2[self.scatter.numel() :]
 
-    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        """Exact merge of another copy's statistics (used by ``forward`` and ``merge_state``)."""
+    def merge_states(self, incoming_state: dict[str, Tensor]) -> None:
+        """Exact merge of another copy's statistics (``merge_state``; Chan et al.'s pairwise merge)."""
         parts = [
             {key: incoming_state[key] for key in ("counts", "sums", "scatter", "sq_dev")},
             {key: getattr(self, key) for key in ("counts", "sums", "scatter", "sq_dev")},

@@ -3,7 +3,8 @@ Zhu et al. NeurIPS 2021)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +12,11 @@ from torch import Tensor, nn
 
 from lt_lightning.losses import dot_regression_loss
 from lt_lightning.models.base import LongTailModule
-from lt_lightning.nn.heads import NECK_MODES, ETFHead
+from lt_lightning.nn.heads import ETFHead, NeckMode
 
-__all__ = ["FixedETFModule"]
+__all__ = ["ETFLoss", "FixedETFModule"]
 
-LOSSES = ("dr", "ce")
+ETFLoss = Literal["dr", "ce"]
 
 
 class FixedETFModule(LongTailModule):
@@ -38,24 +39,26 @@ class FixedETFModule(LongTailModule):
 
     def __init__(
         self,
-        etf: str = "random",
-        loss: str = "dr",
+        etf: Literal["random", "canonical"] = "random",
+        loss: ETFLoss = "dr",
         temperature: float = 1.0,
         class_balanced: bool = True,
         reg_lambda: float = 0.0,
         learnable_bias: bool = False,
         etf_seed: int = 0,
-        neck: Literal[NECK_MODES] = "bn_l2",
-        **kwargs,
+        neck: NeckMode = "bn_l2",
+        **kwargs: Any,
     ) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+        if loss not in ("dr", "ce"):
+            raise ValueError(f"unknown loss {loss!r}; valid: dr, ce")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self._etf_kind, self._learnable_bias, self._etf_seed = etf, learnable_bias, etf_seed
         super().__init__(neck=neck, **kwargs)
+        self.head = self.build_head(self.hparams, self.feature_dim, self.num_classes)
 
-    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+    @classmethod
+    def build_head(cls, hparams: Mapping[str, Any], in_features: int, num_classes: int) -> nn.Module:
+        """The frozen ETF (:class:`~lt_lightning.nn.heads.ETFHead`), seeded by ``etf_seed``."""
         if in_features < num_classes - 1:
             raise ValueError(
                 f"a simplex ETF for K={num_classes} classes needs feature dimension >= K-1={num_classes - 1}, "
@@ -64,9 +67,9 @@ class FixedETFModule(LongTailModule):
         return ETFHead(
             in_features,
             num_classes,
-            etf=self._etf_kind,
-            learnable_bias=self._learnable_bias,
-            seed=self._etf_seed,
+            etf=hparams.get("etf", "random"),
+            learnable_bias=hparams.get("learnable_bias", False),
+            seed=hparams.get("etf_seed", 0),
         )
 
     def compute_loss(self, logits: Tensor, features: Tensor, targets: Tensor, count_labels: Tensor) -> Tensor:

@@ -11,6 +11,8 @@ and saved in checkpoints, with ``Q_prev`` and the moving average, so a resumed r
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +23,7 @@ from lt_lightning.nn.functional import nearest_simplex_etf
 
 __all__ = ["ImplicitETFModule", "etf_classifier_from_q"]
 
-SOLVERS = ("procrustes", "pymanopt")
+Solver = Literal["procrustes", "pymanopt"]
 
 
 def etf_classifier_from_q(q: Tensor, global_mean: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,27 +67,30 @@ class ImplicitETFModule(LongTailModule):
 
     def __init__(
         self,
-        solver: str = "procrustes",
+        solver: Solver = "procrustes",
         delta: float = 1e-3,
         max_iterations: int = 30,
         mean_momentum: float | None = None,
         min_momentum: float = 1e-4,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+        if solver not in ("procrustes", "pymanopt"):
+            raise ValueError(f"unknown solver {solver!r}; valid: procrustes, pymanopt")
         if not delta > 0:
             raise ValueError(f"delta must be > 0, got {delta}")
-        if kwargs.get("mixup_alpha", 0.0):
-            raise ValueError("ImplicitETFModule does not support mixup (class means of mixed images)")
         super().__init__(**kwargs)
+        if self.mixup is not None and self.mixup.alpha > 0:
+            raise ValueError("ImplicitETFModule does not support mixup (class means of mixed images)")
+        self.head = self.build_head(self.hparams, self.feature_dim, self.num_classes)
         self.class_means = ClassMeanTracker(
             self.num_classes, self.feature_dim, momentum=mean_momentum, min_momentum=min_momentum
         )
         self._train_classifier: tuple[Tensor, Tensor] | None = None
         self._initialized = False  # host mirror of head.initialized: no device read per step
 
-    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+    @classmethod
+    def build_head(cls, hparams: Mapping[str, Any], in_features: int, num_classes: int) -> nn.Module:
+        """Buffers for the evaluation classifier and the solver state (filled by training)."""
         if in_features < num_classes:
             raise ValueError(
                 f"the implicit ETF needs feature dimension d >= K (Q has K orthonormal rows); got d={in_features}, "

@@ -3,35 +3,45 @@ logit adjustment, balanced softmax, LDAM-DRW, class-balanced re-weighting)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lt_lightning.losses import (
-    class_balanced_weights,
-    ldam_loss,
-    log_prior,
-    logit_adjusted_cross_entropy,
-)
+from lt_lightning.losses import class_balanced_weights, ldam_loss, log_prior, logit_adjusted_cross_entropy
 from lt_lightning.models.base import LongTailModule
 from lt_lightning.nn.heads import LinearHead, NormedLinearHead
 
-__all__ = ["LOSSES", "REWEIGHTS", "JointModule"]
+__all__ = ["DRW_ACTIVE_KEY", "LOSSES", "REWEIGHTS", "JointLoss", "JointModule", "Reweight"]
 
-#: training losses of :class:`JointModule`
-LOSSES = ("ce", "logit_adjusted", "balanced_softmax", "ldam")
+JointLoss = Literal["ce", "logit_adjusted", "balanced_softmax", "ldam"]
 #: per-class loss weights: none, class-balanced throughout (Cui), or deferred re-weighting (Cao's DRW)
-REWEIGHTS = ("none", "cb", "drw")
+Reweight = Literal["none", "cb", "drw"]
+REWEIGHTS: tuple[str, ...] = get_args(Reweight)
 #: checkpoint key recording whether DRW's weights were on when it was written
 DRW_ACTIVE_KEY = "lt_lightning_drw_active"
+
+#: the losses by name: ``(module, logits, targets, class weights or None) -> loss``
+LOSSES: dict[str, Callable[[JointModule, Tensor, Tensor, Tensor | None], Tensor]] = {
+    "ce": lambda m, logits, y, w: F.cross_entropy(logits, y, weight=w),
+    "logit_adjusted": lambda m, logits, y, w: logit_adjusted_cross_entropy(
+        logits, y, m.train_counts, tau=m.hparams.la_tau, weight=w
+    ),
+    "balanced_softmax": lambda m, logits, y, w: logit_adjusted_cross_entropy(
+        logits, y, m.train_counts, tau=1.0, weight=w
+    ),
+    "ldam": lambda m, logits, y, w: ldam_loss(
+        logits, y, m.train_counts, max_margin=m.hparams.ldam_max_margin, scale=m.hparams.ldam_scale, weight=w
+    ),
+}
 
 
 class JointModule(LongTailModule):
     """Backbone + learnable linear classifier + a loss: the long-tailed baselines.
 
-    Losses (``loss``), all from the training ``class_counts``:
+    Losses (``loss``, the table :data:`LOSSES`), all from the training ``class_counts``:
 
     - ``"ce"``: cross-entropy.
     - ``"logit_adjusted"``: CE of ``logits + la_tau * log prior`` (Menon et al. ICLR 2021).
@@ -43,8 +53,7 @@ class JointModule(LongTailModule):
     Cui et al.'s class-balanced weights ``(1 − β)/(1 − β^n_c)`` (sum K) from the start; ``"drw"`` does so
     from epoch ``drw_epoch`` on (deferred re-weighting; 0-based, their ``epoch // 160``). The switch is a
     function of ``current_epoch``, which Lightning restores on resume, so a resumed run switches at the
-    same step; the checkpoint also records whether the weights are on at the epoch it resumes at
-    (``"lt_lightning_drw_active"``).
+    same step; the checkpoint also records whether the weights are on (``"lt_lightning_drw_active"``).
 
     Post-hoc logit adjustment (Menon et al., eq. 8): with ``posthoc_tau > 0`` evaluation and prediction
     logits are ``logits − posthoc_tau · log prior`` (training is unchanged); ``classifier_weight_bias``
@@ -67,63 +76,45 @@ class JointModule(LongTailModule):
 
     def __init__(
         self,
-        loss: Literal[LOSSES] = "ce",
+        loss: JointLoss = "ce",
         la_tau: float = 1.0,
         ldam_max_margin: float = 0.5,
         ldam_scale: float = 30.0,
         normed_classifier: bool | None = None,
-        reweight: Literal[REWEIGHTS] = "none",
+        reweight: Reweight = "none",
         cb_beta: float = 0.9999,
         drw_epoch: int = 160,
         posthoc_tau: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
-        if reweight not in REWEIGHTS:
-            raise ValueError(f"unknown reweight {reweight!r}; valid: {', '.join(REWEIGHTS)}")
-        if not la_tau >= 0 or not posthoc_tau >= 0:
-            raise ValueError(f"la_tau and posthoc_tau must be >= 0, got {la_tau} and {posthoc_tau}")
-        if not ldam_max_margin >= 0 or not ldam_scale > 0:
-            raise ValueError(
-                f"ldam_max_margin must be >= 0 and ldam_scale > 0, got {ldam_max_margin} and {ldam_scale}"
-            )
-        if not 0.0 <= cb_beta < 1.0:
-            raise ValueError(f"cb_beta must be in [0, 1), got {cb_beta}")
-        if isinstance(drw_epoch, bool) or not isinstance(drw_epoch, int) or drw_epoch < 0:
-            raise ValueError(f"drw_epoch must be an int >= 0, got {drw_epoch!r}")
-        self._normed = loss == "ldam" if normed_classifier is None else bool(normed_classifier)
+        _check_loss_options(
+            loss, la_tau, posthoc_tau, ldam_max_margin, ldam_scale, reweight, cb_beta, drw_epoch
+        )
         super().__init__(**kwargs)
-        needs_counts = loss != "ce" or reweight != "none" or posthoc_tau > 0
+        self.head = self.build_head(self.hparams, self.feature_dim, self.num_classes)
         counts = self.class_counts
-        if needs_counts and counts is None:
+        needs_counts = loss != "ce" or reweight != "none" or posthoc_tau > 0
+        if needs_counts and (counts is None or any(not c > 0 for c in counts)):
             raise ValueError(
-                f"loss={loss!r}, reweight={reweight!r}, posthoc_tau={posthoc_tau} need the training "
-                "class_counts (linked from the datamodule by the CLI)"
+                f"loss={loss!r}, reweight={reweight!r}, posthoc_tau={posthoc_tau} need the training class_counts, "
+                f"all > 0 (linked from the datamodule by the CLI), got {counts!r}"
             )
-        if needs_counts and any(not c > 0 for c in counts):
-            raise ValueError(f"class_counts must all be > 0 for loss={loss!r}, got {list(counts)}")
-        # Derived from hparams, so not saved: on the module's device without a transfer per step.
-        f32 = torch.float32
-        ref = torch.empty(self.num_classes, dtype=torch.float64)
+        # Derived from the counts, so not saved: on the module's device without a transfer per step.
+        t = None if counts is None else torch.tensor(counts, dtype=torch.float64)
+        self.register_buffer("train_counts", None if t is None else t.float(), persistent=False)
         self.register_buffer(
-            "train_counts",
-            None if counts is None else torch.tensor(list(counts), dtype=f32),
-            persistent=False,
+            "log_prior", None if t is None else log_prior(counts, t).float(), persistent=False
         )
-        self.register_buffer(
-            "log_prior", None if counts is None else log_prior(counts, ref).to(f32), persistent=False
-        )
-        self.register_buffer(
-            "cb_weights",
-            class_balanced_weights(counts, cb_beta) if needs_counts and reweight != "none" else None,
-            persistent=False,
-        )
+        weights = class_balanced_weights(counts, cb_beta) if needs_counts and reweight != "none" else None
+        self.register_buffer("cb_weights", weights, persistent=False)
 
-    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
-        if self._normed:
-            return NormedLinearHead(in_features, num_classes)
-        return LinearHead(in_features, num_classes)
+    @classmethod
+    def build_head(cls, hparams: Mapping[str, Any], in_features: int, num_classes: int) -> nn.Module:
+        """The classifier: ``nn.Linear`` or, for LDAM (``normed_classifier``), the cosine classifier."""
+        normed = hparams.get("normed_classifier")
+        if normed is None:
+            normed = hparams.get("loss", "ce") == "ldam"
+        return NormedLinearHead(in_features, num_classes) if normed else LinearHead(in_features, num_classes)
 
     # ---- loss ---------------------------------------------------------------------------------------
     def loss_weight(self) -> Tensor | None:
@@ -134,23 +125,10 @@ class JointModule(LongTailModule):
         return None
 
     def compute_loss(self, logits: Tensor, features: Tensor, targets: Tensor, count_labels: Tensor) -> Tensor:
-        hp = self.hparams
         weight = self.loss_weight()
-        if weight is not None:
-            weight = weight.to(logits.dtype)
-        if hp.loss == "ce":
-            return F.cross_entropy(logits, targets, weight=weight)
-        if hp.loss == "ldam":
-            return ldam_loss(
-                logits,
-                targets,
-                self.train_counts,
-                max_margin=hp.ldam_max_margin,
-                scale=hp.ldam_scale,
-                weight=weight,
-            )
-        tau = 1.0 if hp.loss == "balanced_softmax" else hp.la_tau
-        return logit_adjusted_cross_entropy(logits, targets, self.train_counts, tau=tau, weight=weight)
+        return LOSSES[self.hparams.loss](
+            self, logits, targets, None if weight is None else weight.to(logits.dtype)
+        )
 
     # ---- post-hoc adjustment ------------------------------------------------------------------------
     def forward_head(self, features: Tensor) -> Tensor:
@@ -174,3 +152,27 @@ class JointModule(LongTailModule):
         checkpoint[DRW_ACTIVE_KEY] = (
             self.hparams.reweight == "drw" and self.current_epoch >= self.hparams.drw_epoch
         )
+
+
+def _check_loss_options(
+    loss: str,
+    la_tau: float,
+    posthoc_tau: float,
+    margin: float,
+    scale: float,
+    reweight: str,
+    beta: float,
+    drw: int,
+) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    if reweight not in REWEIGHTS:
+        raise ValueError(f"unknown reweight {reweight!r}; valid: {', '.join(REWEIGHTS)}")
+    if not la_tau >= 0 or not posthoc_tau >= 0:
+        raise ValueError(f"la_tau and posthoc_tau must be >= 0, got {la_tau} and {posthoc_tau}")
+    if not margin >= 0 or not scale > 0:
+        raise ValueError(f"ldam_max_margin must be >= 0 and ldam_scale > 0, got {margin} and {scale}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"cb_beta must be in [0, 1), got {beta}")
+    if isinstance(drw, bool) or not isinstance(drw, int) or drw < 0:
+        raise ValueError(f"drw_epoch must be an int >= 0, got {drw!r}")

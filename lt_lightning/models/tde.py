@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lt_lightning.models.base import Backbone, LongTailModule
+from lt_lightning.models.base import LongTailModule
+from lt_lightning.models.parts import Backbone
 from lt_lightning.models.sweeps import AccuracySweep
 from lt_lightning.nn.heads import CausalNormHead
 
@@ -38,6 +39,8 @@ class TDEModule(LongTailModule):
         **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments.
     """
 
+    evaluation_options: ClassVar[tuple[str, ...]] = ("alpha", "alpha_grid")
+
     def __init__(
         self,
         num_heads: int = 2,
@@ -48,7 +51,7 @@ class TDEModule(LongTailModule):
         alpha_grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
         alpha_from_validation: bool = False,
         backbone: Backbone = "resnet32_tde",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         if isinstance(embed_momentum, str) and embed_momentum != "lr":
             raise ValueError(f"embed_momentum must be a number in [0, 1] or 'lr', got {embed_momentum!r}")
@@ -56,21 +59,28 @@ class TDEModule(LongTailModule):
             raise ValueError(f"alpha_grid values must be >= 0, got {list(alpha_grid)}")
         if alpha_from_validation and not len(alpha_grid):
             raise ValueError("alpha_from_validation needs a non-empty alpha_grid to choose from")
-        self._head_kwargs = {
-            "num_heads": num_heads,
-            "tau": tau,
-            "gamma": gamma,
-            "momentum": 0.9 if embed_momentum == "lr" else embed_momentum,  # set per epoch from the lr
-            "alpha": alpha,
-        }
         super().__init__(backbone=backbone, **kwargs)
-        shot = self.shot_kwargs()
-        self.alpha_sweep = AccuracySweep(alpha_grid, self.num_classes, **shot) if len(alpha_grid) else None
+        self.head = self.build_head(self.hparams, self.feature_dim, self.num_classes)
+        groups = self.hparams.get("shot_groups")
+        self.alpha_sweep = (
+            AccuracySweep(alpha_grid, self.num_classes, shot_groups=groups) if len(alpha_grid) else None
+        )
         # the α chosen by the last validation sweep (-1: none yet); a buffer, so checkpoints keep it
         self.register_buffer("selected_alpha", torch.tensor(-1.0))
 
-    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
-        return CausalNormHead(in_features, num_classes, **self._head_kwargs)
+    @classmethod
+    def build_head(cls, hparams: Mapping[str, Any], in_features: int, num_classes: int) -> nn.Module:
+        """The causal-norm classifier (``embed_momentum: lr`` starts at 0.9 and follows the lr per epoch)."""
+        momentum = hparams.get("embed_momentum", 0.9)
+        return CausalNormHead(
+            in_features,
+            num_classes,
+            num_heads=hparams.get("num_heads", 2),
+            tau=hparams.get("tau", 16.0),
+            gamma=hparams.get("gamma", 1 / 32),
+            momentum=0.9 if momentum == "lr" else momentum,
+            alpha=hparams.get("alpha", 1.0),
+        )
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()

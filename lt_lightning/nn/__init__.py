@@ -2,7 +2,9 @@
 
 from lt_lightning.nn.backbones import (
     BACKBONE_NAMES,
+    BACKBONES,
     MLP,
+    BackboneName,
     BasicBlock,
     CIFARResNet32,
     FixDim,
@@ -13,6 +15,7 @@ from lt_lightning.nn.backbones import (
 )
 from lt_lightning.nn.class_means import ClassMeanTracker
 from lt_lightning.nn.heads import (
+    NECK_MODES,
     CausalNormHead,
     ClassifierHead,
     ETFHead,
@@ -20,13 +23,17 @@ from lt_lightning.nn.heads import (
     LinearHead,
     LWSHead,
     NCMHead,
+    NeckMode,
     NormedLinearHead,
     TauNormHead,
 )
 
 __all__ = [
+    "BACKBONES",
     "BACKBONE_NAMES",
     "MLP",
+    "NECK_MODES",
+    "BackboneName",
     "BasicBlock",
     "CIFARResNet32",
     "CausalNormHead",
@@ -38,6 +45,7 @@ __all__ = [
     "LWSHead",
     "LinearHead",
     "NCMHead",
+    "NeckMode",
     "NormedLinearHead",
     "TDEResNet32",
     "TauNormHead",

@@ -14,8 +14,10 @@ may give d as ``num_features`` instead (timm's convention, with the classifier r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +25,10 @@ import torchvision
 from torch import Tensor, nn
 
 __all__ = [
+    "BACKBONES",
     "BACKBONE_NAMES",
     "MLP",
+    "BackboneName",
     "BasicBlock",
     "CIFARResNet32",
     "FixDim",
@@ -180,7 +184,8 @@ class TDEResNet32(nn.Module):
         return self.pool(self.forward_features(x)).flatten(1)
 
 
-TORCHVISION_ARCHS = ("resnet18", "resnet50", "resnext50_32x4d", "resnet152", "resnet50_yang")
+TorchvisionArch = Literal["resnet18", "resnet50", "resnext50_32x4d", "resnet152", "resnet50_yang"]
+TORCHVISION_ARCHS: tuple[str, ...] = get_args(TorchvisionArch)
 #: Yang et al. (NeurIPS 2022) ``models/resnet.py`` ``ResNet_FE`` (``resnet50_fe``): layer4 built with 1024
 #: planes instead of 512, so its bottlenecks output 4 x 1024 = 4096 channels.
 YANG_LAYER4_PLANES = 1024
@@ -399,13 +404,33 @@ class UnconstrainedFeatures(nn.Module):
         return self.features[x]
 
 
-BACKBONE_NAMES = ("resnet32", "resnet32_tde", *TORCHVISION_ARCHS, "mlp", "ufm")
+#: the names :func:`build_backbone` accepts (the ``backbone`` option of every method)
+BackboneName = Literal[
+    "resnet32",
+    "resnet32_tde",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "resnet152",
+    "resnet50_yang",
+    "mlp",
+    "ufm",
+]
+#: name -> constructor (keyword arguments of the backbone's class)
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet32": CIFARResNet32,
+    "resnet32_tde": TDEResNet32,
+    **{arch: partial(TorchvisionResNet, arch=arch) for arch in TORCHVISION_ARCHS},
+    "mlp": MLP,
+    "ufm": UnconstrainedFeatures,
+}
+BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)
 
 
 def build_backbone(
     name: str, *, num_classes: int | None = None, fixdim: bool = False, **kwargs: object
 ) -> nn.Module:
-    """Build a backbone by name.
+    """Build a backbone by name (:data:`BACKBONES`).
 
     Args:
         name: one of ``BACKBONE_NAMES``: ``"resnet32"`` (:class:`CIFARResNet32`), ``"resnet32_tde"``
@@ -419,18 +444,9 @@ def build_backbone(
     Returns:
         The backbone (with ``out_features``).
     """
-    if name == "resnet32":
-        backbone: nn.Module = CIFARResNet32(**kwargs)
-    elif name == "resnet32_tde":
-        backbone = TDEResNet32(**kwargs)
-    elif name in TORCHVISION_ARCHS:
-        backbone = TorchvisionResNet(arch=name, **kwargs)
-    elif name == "mlp":
-        backbone = MLP(**kwargs)
-    elif name == "ufm":
-        backbone = UnconstrainedFeatures(**kwargs)
-    else:
+    if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
+    backbone: nn.Module = BACKBONES[name](**kwargs)
     if fixdim:
         if num_classes is None:
             raise ValueError("fixdim=True needs num_classes (the feature dimension becomes K)")

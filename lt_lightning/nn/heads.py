@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lt_lightning.nn import functional as LF
+import lt_lightning.nn.functional as LF
 
 __all__ = [
+    "NECK_MODES",
     "CausalNormHead",
     "ClassifierHead",
     "ETFHead",
@@ -27,6 +28,7 @@ __all__ = [
     "LWSHead",
     "LinearHead",
     "NCMHead",
+    "NeckMode",
     "NormedLinearHead",
     "TauNormHead",
 ]
@@ -82,9 +84,9 @@ class LinearHead(nn.Linear):
         return F.linear(features, self.weight, self.bias)
 
 
-_NECK_MODES = ("none", "bn", "l2", "bn_l2")
-#: the ``neck`` values of :class:`FeatureNeck` (public: the CLI types ``neck`` options with it)
-NECK_MODES = _NECK_MODES
+#: the ``neck`` values of :class:`FeatureNeck` (the CLI types every ``neck`` option with it)
+NeckMode = Literal["none", "bn", "l2", "bn_l2"]
+NECK_MODES: tuple[str, ...] = get_args(NeckMode)
 
 
 class FeatureNeck(nn.Module):
@@ -102,8 +104,8 @@ class FeatureNeck(nn.Module):
 
     def __init__(self, in_features: int, mode: str = "bn_l2", scale: float = 1.0) -> None:
         super().__init__()
-        if mode not in _NECK_MODES:
-            raise ValueError(f"mode must be one of {_NECK_MODES}, got {mode!r}")
+        if mode not in NECK_MODES:
+            raise ValueError(f"mode must be one of {NECK_MODES}, got {mode!r}")
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"in_features must be a positive int, got {in_features!r}")
         if not scale > 0:

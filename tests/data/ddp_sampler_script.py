@@ -1,4 +1,5 @@
-"""Helper for ``tests/data/test_samplers.py``: a real 2-process CPU DDP run with ClassBalancedSampler.
+"""Helper for ``tests/data/samplers/test_ddp.py`` and ``tests/data/test_device_pipeline.py``: a real
+2-process CPU DDP run with ClassBalancedSampler.
 
 Usage: ``python tests/data/ddp_sampler_script.py OUT_DIR [device]`` (``device``: the batches come from
 a :class:`~lt_lightning.data.device_pipeline.DeviceLoader` over the same sampler). Lightning's ``strategy="ddp"`` re-launches

@@ -1,5 +1,7 @@
 """Datamodules on tiny datasets written in the real on-disk formats."""
 
+from typing import get_args, get_type_hints
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,11 @@ from lt_lightning.data import (
     long_tail_counts,
     long_tail_split,
 )
+from lt_lightning.data.datamodules.base import LongTailDataModule
+from lt_lightning.data.device_pipeline import PIPELINES, PipelineName
+from lt_lightning.data.profiles import PROFILES, ProfileName
+from lt_lightning.data.samplers import SAMPLERS, SamplerName
+from lt_lightning.data.transforms import NORMALIZATION, NormalizationName
 from tests.data import formats
 
 
@@ -29,10 +36,10 @@ def _labels_of(loader):
 def test_cifar10_lt_counts_known_before_setup_and_published_totals():
     dm = CIFAR10LTDataModule(data_dir="does-not-exist", imbalance_ratio=100)
     assert dm.num_classes == 10 and sum(dm.class_counts) == 12406
-    assert torch.bincount(dm.shot_groups, minlength=3).tolist() == [8, 2, 0]
+    assert torch.bincount(torch.tensor(dm.shot_groups), minlength=3).tolist() == [8, 2, 0]
     dm100 = CIFAR100LTDataModule(data_dir="does-not-exist", imbalance_ratio=100)
     assert sum(dm100.class_counts) == 10847
-    assert torch.bincount(dm100.shot_groups, minlength=3).tolist() == [35, 35, 30]
+    assert torch.bincount(torch.tensor(dm100.shot_groups), minlength=3).tolist() == [35, 35, 30]
 
 
 def test_cifar10_lt_on_disk(tmp_path):
@@ -163,7 +170,7 @@ def test_bad_configuration(kwargs, match):
 def test_digits_default_runs_anywhere():
     dm = DigitsLTDataModule(batch_size=32, seed=0)
     assert dm.class_counts == long_tail_counts(10, 120, 20)
-    assert torch.bincount(dm.shot_groups, minlength=3).tolist() == [3, 3, 4]
+    assert torch.bincount(torch.tensor(dm.shot_groups), minlength=3).tolist() == [3, 3, 4]
     dm.setup()
     assert torch.bincount(dm.train_dataset.targets).tolist() == dm.class_counts
     assert torch.bincount(dm.test_dataset.targets).tolist() == [50] * 10
@@ -194,16 +201,55 @@ def test_synthetic_datamodule_profile_and_determinism():
     assert dm.train_dataset.inputs.shape == (sum(dm.class_counts), 8)
 
 
-@pytest.mark.parametrize("sampler", ["instance", "class", "sqrt", "progressive"])
+def test_option_names_are_written_once_as_literals_and_tables_follow_them():
+    assert PIPELINES == get_args(PipelineName) == ("dataloader", "device")
+    assert PROFILES == get_args(ProfileName) == ("exp", "step")
+    assert tuple(NORMALIZATION) == get_args(NormalizationName)
+    assert tuple(SAMPLERS) == get_args(SamplerName)
+    hints = get_type_hints(LongTailDataModule.__init__)
+    assert hints["sampler"] == SamplerName and hints["pipeline"] == PipelineName
+    in_memory = get_type_hints(CIFAR10LTDataModule.__init__)
+    assert in_memory["profile"] == ProfileName and in_memory["normalization"] == NormalizationName | None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pipeline": "gpu"}, "unknown pipeline 'gpu'; valid pipelines: dataloader, device"),
+        ({"normalization": "bogus"}, "unknown normalization 'bogus'; valid: cifar, imagenet"),
+        ({"profile": "cosine"}, "unknown long-tail profile 'cosine'; valid profiles: exp, step"),
+        ({"sampler": "x"}, "valid samplers: instance, class, sqrt, power, progressive, stratified"),
+    ],
+)
+def test_unknown_option_names_list_the_valid_ones(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CIFAR10LTDataModule(data_dir="x", **kwargs)
+
+
+def test_str_builds_nothing():
+    dm = SyntheticLTDataModule(num_classes=3, max_count=20, pipeline="device")
+    assert str(dm).startswith("SyntheticLTDataModule(num_classes=3, train samples=")
+    assert dm.train_dataset is None  # Lightning's __str__ would run setup and build every loader
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_sampler_choice_reaches_the_loader(sampler):
     dm = SyntheticLTDataModule(
-        num_classes=4, max_count=64, imbalance_ratio=16, sampler=sampler, sampler_epochs=3, batch_size=1000
+        num_classes=4,
+        max_count=64,
+        imbalance_ratio=16,
+        sampler=sampler,
+        sampler_q=0.5 if sampler == "power" else None,
+        sampler_epochs=3,
+        batch_size=1000 if sampler != "stratified" else 10,
     )
     dm.setup()
     loader = dm.train_dataloader()
-    assert len(loader.sampler) == sum(dm.class_counts)
+    assert type(loader.sampler) is SAMPLERS[sampler]
+    n = sum(dm.class_counts) if sampler != "stratified" else sum(dm.class_counts) // 10 * 10
+    assert len(loader.sampler) == n
     labels = _labels_of(loader)
-    assert len(labels) == sum(dm.class_counts)
+    assert len(labels) == n
     if sampler == "instance":
         assert torch.equal(torch.sort(labels).values, torch.sort(dm.train_dataset.targets).values)
     if sampler == "class":
@@ -232,3 +278,75 @@ def test_global_batch_size_splits_over_processes():
     dm._world = lambda: (5, 1)
     with pytest.raises(ValueError, match="global_batch_size=12 is not divisible by the 5 processes"):
         dm.train_dataloader()
+
+
+# ---- Yang's SVHN-LT / STL-10-LT input pipeline: no augmentation, Normalize(0.5, 0.5) (issue 8 item 10) ----
+
+
+@pytest.mark.parametrize("name", ["svhn", "stl10"])
+def test_yang_pipeline_no_augment_and_half_normalisation(tmp_path, name):
+    import numpy as np
+
+    from lt_lightning.data import STL10LTDataModule, SVHNLTDataModule
+    from tests.data import formats
+
+    cls, writer = (
+        (SVHNLTDataModule, formats.write_svhn) if name == "svhn" else (STL10LTDataModule, formats.write_stl10)
+    )
+    writer(tmp_path, 12, 2)
+    dm = cls(data_dir=str(tmp_path), imbalance_ratio=5, max_count=10, augment=False, normalization="half")
+    dm.setup("fit")
+    ds = dm.train_dataset
+    x0, _ = ds[0]
+    x1, _ = ds[0]
+    assert torch.equal(x0, x1)  # no random augmentation
+    raw = torch.as_tensor(np.asarray(ds.images[0]), dtype=torch.float32).permute(2, 0, 1) / 255.0
+    torch.testing.assert_close(x0, (raw - 0.5) / 0.5)  # transforms.Normalize(mean=[0.5]*3, std=[0.5]*3)
+    with pytest.raises(ValueError, match="normalization"):
+        cls(data_dir=str(tmp_path), normalization="bogus")
+
+
+def _write_svhn_split(root, split, counts, seed):
+    import numpy as np
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(10), counts))
+    images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+    stored = np.where(labels == 0, 10, labels).reshape(-1, 1)  # SVHN stores digit 0 as 10
+    scipy.io.savemat(str(root / f"{split}_32x32.mat"), {"X": images.transpose(1, 2, 3, 0), "y": stored})
+    return images, labels
+
+
+def test_svhn_extra_is_yangs_train_plus_extra_each_long_tailed(tmp_path):
+    import numpy as np
+
+    from lt_lightning.data import SVHNLTDataModule
+
+    train = _write_svhn_split(tmp_path, "train", [30, 50, 40, 20, 25, 22, 18, 15, 12, 10], 1)
+    extra = _write_svhn_split(tmp_path, "extra", [90, 60, 80, 70, 50, 40, 44, 30, 36, 20], 2)
+    _write_svhn_split(tmp_path, "test", [3] * 10, 3)
+    dm = SVHNLTDataModule(data_dir=str(tmp_path), imbalance_ratio=10, extra=True, augment=False, seed=0)
+
+    # Yang's datasets/svhn.py, per split: np.random.seed(0); for each class in order, shuffle its indices and keep
+    # the first int(len(split)/10 * 0.1**(c/9)) (fewer when the class has fewer)
+    def yang(images, labels):
+        np.random.seed(0)
+        img_max = len(labels) / 10
+        keep = []
+        for c in range(10):
+            idx = np.where(labels == c)[0]
+            np.random.shuffle(idx)
+            keep.append(idx[: int(img_max * (0.1 ** (c / 9.0)))])
+        keep = np.concatenate(keep)
+        return images[keep], labels[keep]
+
+    ref = [yang(*train), yang(*extra)]
+    ref_images = np.concatenate([r[0] for r in ref])
+    ref_labels = np.concatenate([r[1] for r in ref])
+    assert dm.class_counts == np.bincount(ref_labels, minlength=10).tolist()
+    dm.setup("fit")
+    assert np.array_equal(np.asarray(dm.train_dataset.images), ref_images)
+    assert np.array_equal(np.asarray(dm.train_dataset.targets), ref_labels)
+    with pytest.raises(ValueError, match="val_per_class"):
+        SVHNLTDataModule(data_dir=str(tmp_path), extra=True, val_per_class=2)

@@ -19,7 +19,7 @@ from lt_lightning.data.device_pipeline import (
     augment_batch,
     spec_from_transform,
 )
-from lt_lightning.data.samplers import build_sampler
+from lt_lightning.data.samplers import SAMPLERS, build_sampler
 from lt_lightning.data.transforms import NORMALIZATION, cifar_transforms, small_image_transforms
 from tests.data.formats import write_cifar, write_mnist
 
@@ -160,7 +160,7 @@ def test_epochs_are_reproducible_and_differ():
 
 
 def test_mid_epoch_state_resumes_with_the_remaining_batches():
-    # a mid-epoch checkpoint stores the batches trained; the resumed loader yields exactly the rest,
+    # a mid-epoch checkpoint stores the samples trained; the resumed loader yields exactly the rest,
     # with the same crops and flips (drawn for the whole epoch from (seed, epoch, rank))
     images = _coordinate_images(64)
     labels = torch.arange(64) % 4
@@ -173,9 +173,9 @@ def test_mid_epoch_state_resumes_with_the_remaining_batches():
 
     full = list(loader())
     interrupted = loader()
-    interrupted.batches_done = lambda: 3
+    interrupted.batches_trained = lambda: 3
     state = interrupted.state_dict()
-    assert state == {"batches_done": 3, "batch_size": 10}
+    assert state == {"samples_done": 30, "batch_size": 10, "num_replicas": 1}
     resumed = loader()
     resumed.load_state_dict(state)
     rest = list(resumed)
@@ -185,6 +185,48 @@ def test_mid_epoch_state_resumes_with_the_remaining_batches():
     assert len(list(resumed)) == len(full)  # the skip applies to the resumed epoch only
     with pytest.raises(ValueError, match="same batch size"):
         loader().load_state_dict({"batches_done": 2, "batch_size": 16})
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize(("num_replicas", "rank"), [(1, 0), (2, 1), (3, 2)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_resumed_device_batches_equal_the_uninterrupted_ones(name, num_replicas, rank, drop_last):
+    """Bit for bit, for every sampler and rank: the crops and flips follow the skipped position."""
+    images = np.random.default_rng(1).integers(0, 256, size=(101, 32, 32, 3), dtype=np.uint8)
+    labels = torch.arange(101) % 5
+    spec = AugmentSpec(4, True, *NORMALIZATION["cifar"])
+
+    def loader() -> DeviceLoader:
+        options = {"q": 0.5} if name == "power" else {}
+        sampler = build_sampler(
+            name,
+            labels,
+            seed=7,
+            num_replicas=num_replicas,
+            rank=rank,
+            num_epochs=3,
+            batch_size=6 * num_replicas,
+            **options,
+        )
+        sampler.set_epoch(2)
+        return DeviceLoader(images, labels, sampler, 6, spec, seed=4, drop_last=drop_last)
+
+    full = list(loader())
+    for done in (1, len(full) // 2, len(full) - 1):
+        resumed = loader()
+        resumed.load_state_dict({"samples_done": done * 6, "batch_size": 6, "num_replicas": num_replicas})
+        rest = list(resumed)
+        assert len(rest) == len(full) - done
+        for (x, y), (x_ref, y_ref) in zip(rest, full[done:]):
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
+def test_augment_batch_needs_the_parameters_its_spec_uses():
+    images = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="crop corners"):
+        augment_batch(images, AugmentSpec(2, False), None, None)
+    with pytest.raises(ValueError, match="flips"):
+        augment_batch(images, AugmentSpec(0, True), None, None)
 
 
 def test_datamodules_device_pipeline(tmp_path):
@@ -211,7 +253,10 @@ def test_datamodules_device_pipeline(tmp_path):
 @pytest.mark.slow
 def test_fit_with_device_pipeline_resumes_exactly(tmp_path):
     """Lightning drives the DeviceLoader (set_epoch on its sampler every epoch); resume is exact."""
+    from functools import partial
+
     from lt_lightning.models import JointModule
+    from lt_lightning.optim import LRSchedule
     from tests.models.helpers import cpu_trainer
 
     write_cifar(tmp_path, 10, 12, 2)
@@ -222,7 +267,11 @@ def test_fit_with_device_pipeline_resumes_exactly(tmp_path):
             data_dir=str(tmp_path), imbalance_ratio=4, max_count=12, batch_size=16, pipeline="device"
         )
         model = JointModule(
-            num_classes=10, class_counts=dm.class_counts, backbone="resnet32", lr=0.05, lr_schedule="constant"
+            num_classes=10,
+            class_counts=dm.class_counts,
+            backbone="resnet32",
+            optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4),
+            lr_schedule=LRSchedule(name="constant"),
         )
         return dm, model
 
@@ -292,7 +341,7 @@ def test_device_pipeline_under_real_ddp_takes_the_samplers_slices(tmp_path):
     from pathlib import Path
 
     from lt_lightning.data.samplers import ClassBalancedSampler
-    from tests.data.test_samplers import reference_padded_order
+    from tests.data.samplers.reference import reference_padded_order
 
     repo = Path(__file__).resolve().parents[2]
     launcher_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"}

@@ -522,3 +522,63 @@ def test_float32_scatter_product_is_close_to_exact(groups):
 def test_product_dtype_validated():
     with pytest.raises(ValueError, match="product_dtype must be"):
         NeuralCollapse(3, 2, product_dtype=torch.float16)
+
+
+# --------------------------------------------------------------------------------------------------
+# compute() returns tensors; it is never stale
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("groups", [None, [0, 0, 1, 1, 1, 2, 2, 2]])
+def test_compute_returns_float64_scalars_equal_to_the_one_shot_function(groups):
+    counts = [150, 120, 60, 40, 25, 12, 8, 5]
+    h, y, w, b = _make_data(counts, 9, seed=13, spread=1.0, offset=20.0)
+    metric = NeuralCollapse(8, 9, shot_groups=groups)
+    res = _stream(metric, h, y, w, b, 1)  # one batch: the very same float64 operations as the function
+    assert res and all(
+        isinstance(v, torch.Tensor) and v.ndim == 0 and v.dtype == torch.float64 for v in res.values()
+    )
+    one_shot = neural_collapse(h, y, w, b, predictions=h @ w.T + b, shot_groups=groups, precision="float64")
+    assert all(type(v) is float for v in one_shot.values())  # the public signature: dict[str, float]
+    assert list(res) == list(one_shot)
+    mismatched = {k: (float(res[k]), v) for k, v in one_shot.items() if float(res[k]) != v}
+    assert not {k: p for k, p in mismatched.items() if not all(math.isnan(x) for x in p)}, mismatched
+    # and many batches agree to rounding
+    streamed = _stream(NeuralCollapse(8, 9, shot_groups=groups), h, y, w, b, [17, 100, 230])
+    for key, val in one_shot.items():
+        assert float(streamed[key]) == pytest.approx(val, rel=1e-10, abs=1e-12, nan_ok=True), key
+
+
+def test_compute_follows_the_classifier_and_the_nc4_pass_without_cache():
+    h, y, w, b = _make_data([20, 15, 10], 4, seed=6)
+    metric = NeuralCollapse(3, 4)
+    metric.update(h, y)
+    metric.set_classifier(w, b)
+    first = metric.compute()
+    metric.set_classifier(2.0 * w[[1, 2, 0]], b)  # another classifier: nc3 changes
+    second = metric.compute()
+    assert float(second["nc3"]) != float(first["nc3"])
+    assert float(second["nc1"]) == float(first["nc1"])
+    assert math.isnan(second["nc4"])
+    metric.freeze_class_means()
+    metric.update_nc4(h, y, h @ w.T + b)  # update_nc4 is not torchmetrics' update: no automatic reset
+    third = metric.compute()
+    assert not math.isnan(third["nc4"]) and float(third["nc4"]) > 0
+    assert not metric.compute_with_cache
+    with pytest.raises(ValueError, match="compute_with_cache"):
+        NeuralCollapse(3, 4, compute_with_cache=True)
+
+
+def test_undefined_metrics_warn_from_the_metric_and_the_function():
+    from lt_lightning.metrics.functional import UndefinedMetricWarning
+
+    y = torch.arange(3).repeat(4)
+    h = torch.ones(12, 4, dtype=torch.float64)  # all class means coincide: no between-class spread
+    w = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(UndefinedMetricWarning, match="'nc1'"):
+        res = neural_collapse(h, y, w)
+    assert math.isnan(res["nc1"])
+    metric = NeuralCollapse(3, 4)
+    metric.update(h, y)
+    metric.set_classifier(w)
+    with pytest.warns(UndefinedMetricWarning, match="'nc1'") as caught:
+        out = metric.compute()
+    assert torch.isnan(out["nc1"]) and "'nc4'" not in str(caught[0].message)  # nc4: no second pass asked

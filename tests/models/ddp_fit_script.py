@@ -15,8 +15,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from lt_lightning.models import DecoupledModule, FixedETFModule, JointModule, TDEModule
-from tests.models.helpers import model_kwargs, synthetic_dm
+from lt_lightning.data.augment import Mixup
+from lt_lightning.models import DecoupledModule, FixedETFModule, ImplicitETFModule, JointModule, TDEModule
+from tests.models.helpers import model_kwargs, stage2_kwargs, synthetic_dm
 
 
 def build(method: str, stage1: str | None):
@@ -25,16 +26,12 @@ def build(method: str, stage1: str | None):
     if method == "joint":
         return dm, JointModule(**model_kwargs(dm))
     if method == "fixed_etf":
-        return dm, FixedETFModule(**model_kwargs(dm, mixup_alpha=1.0))
+        return dm, FixedETFModule(**model_kwargs(dm, mixup=Mixup(1.0)))
     if method == "tde":
         return dm, TDEModule(**model_kwargs(dm))
     if method in ("crt", "lws"):
-        kw = model_kwargs(dm, stage1_checkpoint=stage1, mode=method)
-        kw.pop("backbone"), kw.pop("backbone_kwargs")
-        return dm, DecoupledModule(**kw)
+        return dm, DecoupledModule(mode=method, **stage2_kwargs(dm, stage1))
     if method == "implicit_etf":
-        from lt_lightning.models import ImplicitETFModule
-
         return dm, ImplicitETFModule(**model_kwargs(dm))
     raise SystemExit(f"unknown method {method}")
 

@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from lt_lightning.models import JointModule
-from tests.models.helpers import cpu_trainer, model_kwargs, synthetic_dm
-
 SCRIPT = Path(__file__).with_name("ddp_fit_script.py")
 ROOT = SCRIPT.parents[2]
 
@@ -58,11 +55,6 @@ def test_ddp_fit_ranks_agree(tmp_path, method):
 @pytest.mark.slow
 @pytest.mark.ddp
 @pytest.mark.parametrize("mode", ["crt", "lws"])
-def test_ddp_stage2_ranks_agree(tmp_path, mode):
-    dm = synthetic_dm()
-    trainer = cpu_trainer(tmp_path, max_epochs=1)
-    trainer.fit(JointModule(**model_kwargs(dm)), datamodule=dm)
-    ckpt = tmp_path / "stage1.ckpt"
-    trainer.save_checkpoint(ckpt)
-    r0, r1 = _run(mode, tmp_path, str(ckpt))
+def test_ddp_stage2_ranks_agree(tmp_path, stage1_ckpt, mode):
+    r0, r1 = _run(mode, tmp_path, stage1_ckpt)
     _assert_identical(r0, r1)

@@ -44,7 +44,13 @@ def test_every_name_is_covered() -> None:
     assert set(BACKBONE_NAMES) == set(EXPECTED_DIM)
 
 
-@pytest.mark.parametrize("name", BACKBONE_NAMES)
+#: ImageNet-size networks: seconds of CPU for one forward and backward
+HEAVY = {"resnet50", "resnext50_32x4d", "resnet152", "resnet50_yang"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in BACKBONE_NAMES]
+)
 def test_backbone_contract(name: str) -> None:
     net, x = _make(name)
     assert isinstance(net.out_features, int) and net.out_features == EXPECTED_DIM[name]

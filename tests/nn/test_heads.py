@@ -19,6 +19,7 @@ from lt_lightning.nn import (
     LinearHead,
     LWSHead,
     NCMHead,
+    NormedLinearHead,
     TauNormHead,
 )
 from lt_lightning.nn.functional import (
@@ -344,3 +345,30 @@ def test_ncm_head_errors() -> None:
         NCMHead(torch.randn(K, D), global_mean=torch.zeros(D + 1))
     with pytest.raises(ValueError, match=r"\[4\]"):
         NCMHead.from_features(_feats(8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), K)
+
+
+def test_normed_head_is_the_authors_cosine_classifier():
+    head = NormedLinearHead(8, 4)
+    torch.testing.assert_close(head.raw_weight.norm(dim=1), torch.ones(4))  # unit rows at init
+    with torch.no_grad():
+        head.raw_weight.mul_(torch.tensor([[1.0], [2.0], [0.5], [3.0]]))
+    h = torch.randn(5, 8)
+    # kaidic/LDAM-DRW NormedLinear on the [d, K] layout: normalize(x, dim=1) @ normalize(W.T, dim=0)
+    ref = F.normalize(h, dim=1) @ F.normalize(head.raw_weight.T, dim=0)
+    torch.testing.assert_close(head(h), ref)
+    assert head.bias is None and head.weight.shape == (4, 8)
+
+
+def test_causal_norm_head_stays_float32_under_autocast() -> None:
+    head = CausalNormHead(16, 5, num_heads=2)
+    head.embed.copy_(torch.randn(16))
+    x = torch.randn(8, 16)
+    head.eval()
+    head.alpha = 1.0
+    ref = head(x, counterfactual=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(x, counterfactual=True)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)  # not bfloat16's ~1e-2
+    with torch.autocast("cpu", dtype=torch.float16):  # what 16-mixed needs, checked on the CPU
+        assert head(x.half()).dtype == torch.float32

@@ -421,3 +421,23 @@ def test_cuda_matches_cpu(solver):
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-8)
     gpu.sum().backward()
     assert y_gpu.grad.device.type == "cuda" and torch.isfinite(y_gpu.grad).all()
+
+
+def test_the_solve_under_autocast_is_float32_and_differentiable() -> None:
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(5, 12, generator=g, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = nearest_simplex_etf(means.bfloat16())
+        loss = (q @ torch.randn(12, 3, generator=g)).square().sum()
+    assert q.dtype == torch.float32
+    torch.testing.assert_close(q @ q.T, torch.eye(5), atol=1e-5, rtol=0)
+    loss.backward()  # the bf16 crash was here (float32 U, bfloat16 V in the adjoint)
+    assert means.grad is not None and torch.isfinite(means.grad).all()
+    # same Q as a float32 solve of the same (bfloat16-rounded) means
+    torch.testing.assert_close(q, nearest_simplex_etf(means.detach().bfloat16().float()), atol=1e-6, rtol=0)
+    half = torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.float16):  # what 16-mixed needs, checked on the CPU
+        q16 = nearest_simplex_etf(half.half())
+    assert q16.dtype == torch.float32
+    q16.sum().backward()
+    assert torch.isfinite(half.grad).all()

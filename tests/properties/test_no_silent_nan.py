@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lt_lightning.data.profiles import long_tail_counts, shot_groups
-from lt_lightning.data.samplers import SAMPLERS, build_sampler
+from lt_lightning.data.samplers import SAMPLER_NAMES, build_sampler
 from lt_lightning.losses import dot_regression_loss
 from lt_lightning.metrics.functional import UndefinedMetricWarning, neural_collapse
 from lt_lightning.nn.functional import causal_norm_logits, tau_normalize
@@ -177,7 +177,7 @@ def test_long_tail_counts_and_shot_groups(k, max_count, ratio, profile):
 
 @SETTINGS
 @given(
-    name=st.sampled_from(SAMPLERS),
+    name=st.sampled_from(SAMPLER_NAMES),
     counts=st.lists(st.integers(0, 30), min_size=1, max_size=8),
     replicas=st.integers(1, 3),
     seed=st.integers(0, 2**16),
@@ -190,6 +190,8 @@ def test_samplers(name, counts, replicas, seed):
     kwargs = {"q": 0.5} if name == "power" else {}
     if name == "progressive":
         kwargs["num_epochs"] = 3
+    if name == "stratified":
+        kwargs["batch_size"] = 4
     for rank in range(replicas):
         sampler = _finite_or_clear_error(
             build_sampler, name, labels, seed=seed, num_replicas=replicas, rank=rank, **kwargs
@@ -201,9 +203,24 @@ def test_samplers(name, counts, replicas, seed):
         assert all(0 <= i < len(labels) for i in indices)
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_one_class_edge(k):
-    # the smallest problems, spelled out: one class has no simplex ETF (raise), two classes do
-    means = torch.eye(k, 3, dtype=torch.float64)
-    q = _finite_or_clear_error(nearest_simplex_etf, means)
-    assert (q is None) == (k == 1) or q is not None
+def test_one_class_edge():
+    """The smallest problems, spelled out: one class has no simplex ETF (an explicit refusal), two do.
+
+    The old form, ``assert (q is None) == (k == 1) or q is not None``, held whatever the solver did: for
+    K = 1 a silent NaN or garbage Q passed as ``q is not None``, and for K = 2 any Q at all passed. Here
+    K = 1 must raise the documented ValueError (a returned tensor fails ``pytest.raises``), and K = 2
+    must give the one right answer: Q with orthonormal rows whose classifier W = sqrt(K/(K-1)) C Q is
+    two antipodal unit vectors, W_0 along the centred mean of class 0 (a Q that is orthonormal but
+    rotated, e.g. the canonical start [I, 0] for these means, puts W_0 about 47 degrees off it).
+    """
+    with pytest.raises(ValueError, match="needs K >= 2 classes, got K = 1"):
+        nearest_simplex_etf(torch.eye(1, 3, dtype=torch.float64))
+    means = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 0.5]], dtype=torch.float64)
+    q = nearest_simplex_etf(means)
+    torch.testing.assert_close(q @ q.T, torch.eye(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    w = math.sqrt(2) * (q - q.mean(dim=0))
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(w[0], -w[1])
+    centred = means[0] - means.mean(dim=0)
+    cosine = (w[0] @ centred) / centred.norm()
+    assert float(cosine) == pytest.approx(1.0, abs=1e-12)

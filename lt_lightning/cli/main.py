@@ -1,0 +1,44 @@
+"""``lt-lightning``: the command line's entry point; it dispatches and prints user errors in one line.
+
+lt-lightning fit -c configs/digits_lt/joint.yaml
+lt-lightning test -c configs/digits_lt/tau_norm.yaml
+lt-lightning test -c configs/digits_lt/tde.yaml --ckpt_path runs/digits_lt/tde/seed0/last.ckpt --model.init_args.alpha 3
+lt-lightning predict -c configs/digits_lt/joint.yaml --ckpt_path runs/digits_lt/joint/seed0/last.ckpt
+lt-lightning seeds -c configs/digits_lt/joint.yaml --seeds 0 1 2 --out runs/seeds/joint
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from argparse import ArgumentError
+from collections.abc import Sequence
+
+from lt_lightning.cli.errors import USER_ERRORS, format_error, root_cause
+from lt_lightning.cli.lightning_cli import build_cli
+from lt_lightning.cli.seeds import run_seeds
+
+__all__ = ["main"]
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``lt-lightning`` console script: ``fit|validate|test|predict`` (LightningCLI)
+    and ``seeds`` (:mod:`lt_lightning.cli.seeds`).
+
+    A user error (bad option value, missing file, a run that diverged) prints one line,
+    ``lt-lightning: error: ...``, and exits with status 2 (command line) or 1 (anything later); set
+    ``LT_LIGHTNING_TRACEBACK=1`` to see the traceback. Unexpected errors keep their traceback.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv[:1] == ["seeds"]:
+            run_seeds(argv[1:])
+            return
+        build_cli(args)  # None: LightningCLI reads sys.argv itself (passing both would warn)
+    except USER_ERRORS as err:
+        if os.environ.get("LT_LIGHTNING_TRACEBACK") == "1":
+            raise
+        if not isinstance(err, ArgumentError) and not isinstance(root_cause(err), USER_ERRORS):
+            raise
+        print(f"lt-lightning: error: {format_error(err)}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ArgumentError) else 1)

@@ -1,0 +1,66 @@
+"""The evaluation steps every method shares: loss, top-1, balanced and many/medium/few accuracy."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from lt_lightning.metrics import ShotAccuracy
+
+__all__ = ["EvaluationSteps"]
+
+
+class EvaluationSteps:
+    """Validation, test and predict steps of a LightningModule with ``val_metrics`` / ``test_metrics``
+    (:class:`~lt_lightning.metrics.ShotAccuracy`), mixed into :class:`~lt_lightning.models.LongTailModule`.
+    The logits are the module's ``forward`` (``forward_head(extract_features(x))``)."""
+
+    val_metrics: ShotAccuracy
+    test_metrics: ShotAccuracy
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: ShotAccuracy, prefix: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        metrics.update(logits, y)
+        loss = F.cross_entropy(logits, y)
+        self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        return logits
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def log_shot_metrics(self, metrics: ShotAccuracy, prefix: str) -> dict[str, Tensor]:
+        """Log ``{prefix}/acc``, balanced and many/medium/few accuracy of ``metrics``, then reset it."""
+        values = metrics.compute()  # reduced across ranks by torchmetrics: identical everywhere
+        self.log_reduced({f"{prefix}/{k}": v for k, v in values.items()})
+        metrics.reset()
+        return values
+
+    def log_reduced(self, values: dict[str, Tensor | float]) -> None:
+        """Log values already identical on every rank (a metric's ``compute``): no second reduction, and
+        Lightning's advice to sync exactly these names silenced (it would call them per-rank)."""
+        pattern = "|".join(re.escape(n) for n in values)
+        warnings.filterwarnings("ignore", message=rf".*self\.log\('({pattern})'.*sync_dist=True")
+        self.log_dict(values, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_shot_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_shot_metrics(self.test_metrics, "test")
+
+    def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """``{"logits": [N, K], "preds": [N]}`` (+ ``"targets"`` for ``(x, y)`` batches): what ``test`` scores."""
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        logits = self(x)
+        out = {"logits": logits, "preds": logits.argmax(dim=1)}
+        if y is not None:
+            out["targets"] = y
+        return out
