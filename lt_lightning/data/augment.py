@@ -7,6 +7,11 @@ None``); :func:`mixup_batch` is the pure function under it.
 
 Nothing here synchronises with the device: ``lam`` is drawn on the host from a CPU generator and the
 permutation is copied to the batch's device without blocking.
+
+Under DDP ``Mixup(shared_lambda=True)`` draws one ``lam`` per global batch, the same on every rank, as
+Yang et al.'s DataParallel training did (one ``mixup_data`` call per global batch): every rank seeds
+the draw with :func:`lambda_generator` over ``(seed, epoch, batch_idx)`` alone, so the ranks agree
+without a broadcast (no collective, no host sync). The permutation stays per rank.
 """
 
 from __future__ import annotations
@@ -18,15 +23,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Mixup", "mixup_batch", "mixup_generator"]
+__all__ = ["Mixup", "lambda_generator", "mixup_batch", "mixup_generator"]
 
 # Keeps mixup's streams apart from any other 4-integer SeedSequence of the package (the device
 # pipeline's crop/flip stream is SeedSequence([seed, epoch, rank, 0xA06])).
 _MIXUP_STREAM = 0x313F
+# The rank-free stream of the shared lam (Mixup(shared_lambda=True)): SeedSequence([seed, epoch,
+# batch_idx, 0x313E]), apart from every per-rank stream above.
+_LAMBDA_STREAM = 0x313E
 
 
 def mixup_batch(
-    x: Tensor, y: Tensor, alpha: float, *, generator: torch.Generator | None = None
+    x: Tensor,
+    y: Tensor,
+    alpha: float,
+    *,
+    generator: torch.Generator | None = None,
+    lam_generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, float]:
     """Mixup (Zhang et al. ICLR 2018): ``x' = lam x + (1 - lam) x[perm]`` with ``lam ~ Beta(alpha, alpha)``.
 
@@ -40,6 +53,8 @@ def mixup_batch(
         alpha: Beta concentration, >= 0.
         generator: source of randomness (default: torch's global generators). Use a CPU generator: a
             CUDA one makes drawing lambda a device sync.
+        lam_generator: a CPU generator that draws ``lam`` instead of ``generator`` (which then draws
+            only the permutation): one seeded alike on every rank gives every rank the same ``lam``.
 
     Returns:
         ``(x_mixed, y_a, y_b, lam)`` with ``y_a = y`` and ``y_b = y[perm]``; combine losses as
@@ -51,8 +66,9 @@ def mixup_batch(
         raise ValueError(f"x and y must have the same batch size, got {tuple(x.shape)} and {tuple(y.shape)}")
     if alpha > 0:
         # torch has no Beta sampler that takes a generator: seed numpy's from it (host-only).
-        gen_device = generator.device if generator is not None else "cpu"
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device))
+        lam_gen = generator if lam_generator is None else lam_generator
+        gen_device = lam_gen.device if lam_gen is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (1,), generator=lam_gen, device=gen_device))
         lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     else:
         lam = 1.0
@@ -87,6 +103,23 @@ def mixup_generator(seed: int, epoch: int, rank: int, batch_idx: int) -> torch.G
     return torch.Generator().manual_seed(int(state[0]))
 
 
+def lambda_generator(seed: int, epoch: int, batch_idx: int) -> torch.Generator:
+    """The CPU generator of one global batch's shared ``lam``: no rank in its seed, so every rank of a
+    DDP run draws the same ``lam`` for the same ``(seed, epoch, batch_idx)`` without communicating.
+
+    >>> a, b = lambda_generator(0, 3, 7), lambda_generator(0, 3, 7)
+    >>> torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+    True
+    """
+    values = {"seed": seed, "epoch": epoch, "batch_idx": batch_idx}
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"lambda_generator: {name} must be a non-negative integer, got {value!r}")
+    entropy = [int(v) for v in values.values()] + [_LAMBDA_STREAM]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
 @dataclass(frozen=True)
 class Mixup:
     """Mixup as an injected part: ``Mixup(alpha)(x, y, seed=..., epoch=..., rank=..., batch_idx=...)``.
@@ -98,6 +131,10 @@ class Mixup:
     Args:
         alpha: Beta concentration, a finite number >= 0 (Yang et al.: 1.0 on CIFAR-LT, 0.2 on
             ImageNet-LT).
+        shared_lambda: draw ``lam`` from :func:`lambda_generator` ``(seed, epoch, batch_idx)``, the same
+            on every rank (one ``lam`` per global batch, as Yang's DataParallel); the permutation still
+            comes from the rank's own stream. Default off: every rank draws its own ``lam`` (the draws of
+            a single-process run are then exactly those of earlier versions).
 
     >>> x, y = torch.ones(4, 2), torch.arange(4)
     >>> Mixup(0.0)(x, y, seed=0, epoch=0, rank=0, batch_idx=0)[3]
@@ -105,11 +142,14 @@ class Mixup:
     """
 
     alpha: float = 0.0
+    shared_lambda: bool = False
 
     def __post_init__(self) -> None:
         alpha = self.alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
             raise ValueError(f"Mixup alpha must be a finite number >= 0, got {alpha!r}")
+        if not isinstance(self.shared_lambda, bool):
+            raise ValueError(f"Mixup shared_lambda must be a bool, got {self.shared_lambda!r}")
 
     def __call__(
         self, x: Tensor, y: Tensor, *, seed: int, epoch: int, rank: int, batch_idx: int
@@ -127,4 +167,6 @@ class Mixup:
                     f"x and y must have the same batch size, got {tuple(x.shape)} and {tuple(y.shape)}"
                 )
             return x, y, y, 1.0
-        return mixup_batch(x, y, self.alpha, generator=mixup_generator(seed, epoch, rank, batch_idx))
+        generator = mixup_generator(seed, epoch, rank, batch_idx)
+        lam_generator = lambda_generator(seed, epoch, batch_idx) if self.shared_lambda else None
+        return mixup_batch(x, y, self.alpha, generator=generator, lam_generator=lam_generator)

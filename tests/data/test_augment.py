@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lt_lightning.data.augment import Mixup, mixup_batch, mixup_generator
+from lt_lightning.data.augment import Mixup, lambda_generator, mixup_batch, mixup_generator
 
 #: the significance of the distribution checks: a correct sampler fails with this probability (fixed seeds:
 #: never), and each check also shows that a wrong alpha is rejected at the same level
@@ -118,3 +118,52 @@ def test_mixup_generator_needs_non_negative_integers(bad: dict) -> None:
     name = next(iter(bad))
     with pytest.raises(ValueError, match=f"{name} must be a non-negative integer"):
         mixup_generator(**{**KEY, **bad})
+
+
+def _mix_on_rank(mixup: Mixup, rank: int, batch_idx: int, seed: int = 0):
+    g = torch.Generator().manual_seed(100 + rank)  # every rank holds different images
+    x, y = torch.randn(6, 3, generator=g), torch.randint(0, 4, (6,), generator=g)
+    return x, y, mixup(x, y, seed=seed, epoch=2, rank=rank, batch_idx=batch_idx)
+
+
+def test_shared_lambda_is_one_lam_per_global_batch_on_every_rank() -> None:
+    # Yang's DataParallel: one mixup_data call (one lam) per global batch; under DDP every rank must
+    # draw that same lam, from its own generator (no broadcast), for each batch
+    shared = Mixup(1.0, shared_lambda=True)
+    for batch_idx in range(20):
+        lams = {r: _mix_on_rank(shared, r, batch_idx)[2][3] for r in range(4)}
+        assert len(set(lams.values())) == 1, lams
+        # the reference: Beta(1, 1) drawn the documented way from lambda_generator(seed, epoch, batch_idx)
+        seed = int(torch.randint(0, 2**62, (1,), generator=lambda_generator(0, 2, batch_idx)))
+        assert lams[0] == float(np.random.default_rng(seed).beta(1.0, 1.0))
+        for r in range(4):  # each rank mixes its own batch with that lam
+            x, y, (xm, ya, yb, lam) = _mix_on_rank(shared, r, batch_idx)
+            perm = torch.randperm(6, generator=mixup_generator(0, 2, r, batch_idx))
+            torch.testing.assert_close(xm, lam * x + (1 - lam) * x[perm])
+            assert torch.equal(yb, y[perm]) and torch.equal(ya, y)
+    per_rank = Mixup(1.0)  # the default: every rank draws its own lam
+    assert len({_mix_on_rank(per_rank, r, 3)[2][3] for r in range(4)}) == 4
+    # batches and epochs still differ
+    assert len({_mix_on_rank(shared, 0, b)[2][3] for b in range(10)}) == 10
+
+
+def test_the_default_mix_is_unchanged() -> None:
+    # shared_lambda off reproduces mixup_batch over the rank's generator alone (earlier versions' draws)
+    x, y, (xm, _, yb, lam) = _mix_on_rank(Mixup(0.4), 1, 5)
+    ref = mixup_batch(x, y, 0.4, generator=mixup_generator(0, 2, 1, 5))
+    assert lam == ref[3] and torch.equal(xm, ref[0]) and torch.equal(yb, ref[2])
+
+
+def test_shared_lambda_is_beta_distributed_and_validated() -> None:
+    lams = np.array(
+        [
+            Mixup(0.2, shared_lambda=True)(X[:2], Y[:2], seed=1, epoch=0, rank=3, batch_idx=i)[3]
+            for i in range(3000)
+        ]
+    )
+    assert stats.kstest(lams, stats.beta(0.2, 0.2).cdf).pvalue > KS_ALPHA
+    assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue < KS_ALPHA
+    with pytest.raises(ValueError, match="shared_lambda must be a bool"):
+        Mixup(1.0, shared_lambda=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lambda_generator: epoch must be a non-negative integer"):
+        lambda_generator(0, -1, 0)
