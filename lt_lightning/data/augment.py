@@ -5,13 +5,13 @@ nothing has to be saved for an exact resume: a resumed run (mid-epoch or not) re
 batch's ``lam`` and permutation exactly. :class:`Mixup` is the part a model takes (``mixup: Mixup |
 None``); :func:`mixup_batch` is the pure function under it.
 
+Under DDP every rank mixes with one ``lam`` per global batch, as Yang et al.'s DataParallel training
+did (one ``mixup_data`` call per global batch): each rank draws ``lam`` from rank 0's stream
+``(seed, epoch, 0, batch_idx)``, so the ranks agree without a broadcast (no collective, no host sync);
+the permutation comes from the rank's own stream. A single-process run draws what it always drew.
+
 Nothing here synchronises with the device: ``lam`` is drawn on the host from a CPU generator and the
 permutation is copied to the batch's device without blocking.
-
-Under DDP ``Mixup(shared_lambda=True)`` draws one ``lam`` per global batch, the same on every rank, as
-Yang et al.'s DataParallel training did (one ``mixup_data`` call per global batch): every rank seeds
-the draw with :func:`lambda_generator` over ``(seed, epoch, batch_idx)`` alone, so the ranks agree
-without a broadcast (no collective, no host sync). The permutation stays per rank.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Mixup", "lambda_generator", "mixup_batch", "mixup_generator"]
+__all__ = ["Mixup", "mixup_batch", "mixup_generator"]
 
 # Keeps mixup's streams apart from any other 4-integer SeedSequence of the package (the device
 # pipeline's crop/flip stream is SeedSequence([seed, epoch, rank, 0xA06])).
 _MIXUP_STREAM = 0x313F
-# The rank-free stream of the shared lam (Mixup(shared_lambda=True)): SeedSequence([seed, epoch,
-# batch_idx, 0x313E]), apart from every per-rank stream above.
-_LAMBDA_STREAM = 0x313E
 
 
 def mixup_batch(
@@ -103,38 +100,19 @@ def mixup_generator(seed: int, epoch: int, rank: int, batch_idx: int) -> torch.G
     return torch.Generator().manual_seed(int(state[0]))
 
 
-def lambda_generator(seed: int, epoch: int, batch_idx: int) -> torch.Generator:
-    """The CPU generator of one global batch's shared ``lam``: no rank in its seed, so every rank of a
-    DDP run draws the same ``lam`` for the same ``(seed, epoch, batch_idx)`` without communicating.
-
-    >>> a, b = lambda_generator(0, 3, 7), lambda_generator(0, 3, 7)
-    >>> torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
-    True
-    """
-    values = {"seed": seed, "epoch": epoch, "batch_idx": batch_idx}
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"lambda_generator: {name} must be a non-negative integer, got {value!r}")
-    entropy = [int(v) for v in values.values()] + [_LAMBDA_STREAM]
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0]))
-
-
 @dataclass(frozen=True)
 class Mixup:
     """Mixup as an injected part: ``Mixup(alpha)(x, y, seed=..., epoch=..., rank=..., batch_idx=...)``.
 
-    Each batch draws ``lam ~ Beta(alpha, alpha)`` and its permutation from
-    :func:`mixup_generator` ``(seed, epoch, rank, batch_idx)``, so it holds no state to checkpoint.
+    Each batch draws its permutation from :func:`mixup_generator` ``(seed, epoch, rank, batch_idx)`` and
+    ``lam ~ Beta(alpha, alpha)`` from rank 0's ``(seed, epoch, 0, batch_idx)``: one ``lam`` per global
+    batch, the same on every rank (Yang's DataParallel), with no communication. It holds no state to
+    checkpoint.
     ``alpha = 0`` returns the batch unchanged (``lam = 1``, ``y_b = y``) without drawing anything.
 
     Args:
         alpha: Beta concentration, a finite number >= 0 (Yang et al.: 1.0 on CIFAR-LT, 0.2 on
             ImageNet-LT).
-        shared_lambda: draw ``lam`` from :func:`lambda_generator` ``(seed, epoch, batch_idx)``, the same
-            on every rank (one ``lam`` per global batch, as Yang's DataParallel); the permutation still
-            comes from the rank's own stream. Default off: every rank draws its own ``lam`` (the draws of
-            a single-process run are then exactly those of earlier versions).
 
     >>> x, y = torch.ones(4, 2), torch.arange(4)
     >>> Mixup(0.0)(x, y, seed=0, epoch=0, rank=0, batch_idx=0)[3]
@@ -142,14 +120,11 @@ class Mixup:
     """
 
     alpha: float = 0.0
-    shared_lambda: bool = False
 
     def __post_init__(self) -> None:
         alpha = self.alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
             raise ValueError(f"Mixup alpha must be a finite number >= 0, got {alpha!r}")
-        if not isinstance(self.shared_lambda, bool):
-            raise ValueError(f"Mixup shared_lambda must be a bool, got {self.shared_lambda!r}")
 
     def __call__(
         self, x: Tensor, y: Tensor, *, seed: int, epoch: int, rank: int, batch_idx: int
@@ -168,5 +143,6 @@ class Mixup:
                 )
             return x, y, y, 1.0
         generator = mixup_generator(seed, epoch, rank, batch_idx)
-        lam_generator = lambda_generator(seed, epoch, batch_idx) if self.shared_lambda else None
+        # every rank seeds lam as rank 0 does: one lam per global batch, no broadcast
+        lam_generator = None if rank == 0 else mixup_generator(seed, epoch, 0, batch_idx)
         return mixup_batch(x, y, self.alpha, generator=generator, lam_generator=lam_generator)
