@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-import torch
 import numpy as np
+import torch
 from torch import Tensor
 
 __all__ = [

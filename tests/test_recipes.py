@@ -370,3 +370,89 @@ def test_agd_configs_train_only_conv_and_linear_weights(name):
     assert len(named) == 20  # ResNet-18: stem + 16 block convs + 3 downsample 1x1 convs
     gain = cfg["model"]["init_args"]["optimizer"]["init_args"]["gain"]
     assert AGD(named, gain=gain).depth == 20
+
+
+# ---- issue 16: facts of the originals, across configs --------------------------------------------------
+
+
+def _trains(name: str) -> bool:
+    return _get(_load(name), "model.init_args.mode") not in ("tau_norm", "ncm")
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER_CONFIGS if _trains(n)])
+def test_paper_configs_train_in_float32(name):
+    # no autocast in any author's training loop (Kang, Tang, Yang, LDAM-DRW, Markou)
+    assert _get(_load(name), "trainer.precision") == "32-true", name
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER_CONFIGS if _trains(n)])
+def test_epochs_end_where_the_authors_loops_end_them(name):
+    # Kang's and Tang's run_networks.py break at step == int(N / batch_size): the last partial batch never
+    # trains; Yang's and LDAM-DRW's DataLoaders keep it; Markou's stratified folds are handled by the sampler
+    drop_last = _get(_load(name), "data.init_args.drop_last")
+    assert drop_last is (RECIPES[name]["follows"] in ("kang", "tang")), (name, drop_last)
+
+
+def test_places_lt_tde_is_tangs_places_recipe():
+    # Tang's config/Places_LT/causal_norm.yaml: ResNeXt-50 from scratch, lr 0.2, wd 5e-4, batch 512,
+    # 90 epochs cosine, alpha 3.0
+    cfg = _load("places_lt/tde")
+    m = cfg["model"]["init_args"]
+    assert m["backbone"] == "resnext50_32x4d" and not (m.get("backbone_kwargs") or {}).get("weights_path")
+    assert not m.get("trainable_backbone")  # the whole net trains
+    assert m["optimizer"]["init_args"] == {"lr": 0.2, "momentum": 0.9, "weight_decay": 0.0005} | {
+        k: v for k, v in m["optimizer"]["init_args"].items() if k not in ("lr", "momentum", "weight_decay")
+    }
+    assert (m["lr_schedule"]["name"], m["alpha"], cfg["trainer"]["max_epochs"]) == ("cosine", 3.0, 90)
+    assert cfg["data"]["init_args"]["global_batch_size"] == 512
+
+
+@pytest.mark.parametrize("dataset", ["cifar10_lt", "cifar100_lt"])
+def test_tangs_lws_rescales_tangs_stage1(dataset):
+    # Tang's cls_lws.yaml loads the model of feat_unifrom.yaml: his 128-d ResNet-32, lr 0.2, wd 1e-4,
+    # batch 512, 90 epochs cosine
+    lws = _load(f"{dataset}/lws")
+    assert (
+        lws["model"]["init_args"]["stage1_checkpoint"] == f"runs/{dataset}/joint_tang/seed{{seed}}/last.ckpt"
+    )
+    s1 = _load(f"{dataset}/joint_tang")
+    m = s1["model"]["init_args"]
+    assert m["backbone"] == "resnet32_tde" and m["lr_schedule"]["name"] == "cosine"
+    assert (m["optimizer"]["init_args"]["lr"], m["optimizer"]["init_args"]["weight_decay"]) == (0.2, 0.0001)
+    assert (s1["trainer"]["max_epochs"], s1["data"]["init_args"]["batch_size"]) == (90, 512)
+    assert RECIPES[f"{dataset}/lws"]["follows"] == RECIPES[f"{dataset}/joint_tang"]["follows"] == "tang"
+
+
+@pytest.mark.parametrize("dataset", ["cifar10_lt", "cifar100_lt"])
+def test_yangs_ce_baseline_and_our_learnable_one(dataset):
+    # Yang's models/resnet_cifar.py Classifier: kaiming-normal, requires_grad False; mixup 1.0
+    yang = _load(f"{dataset}/joint_yang")["model"]["init_args"]
+    assert yang["freeze_classifier"] is True and yang["classifier_init"] == "kaiming_normal"
+    assert yang["mixup"]["alpha"] == 1.0
+    ours = _load(f"{dataset}/joint")["model"]["init_args"]
+    assert not ours.get("freeze_classifier") and not (ours.get("mixup") or {}).get("alpha")
+    assert any("frozen" in d for d in RECIPES[f"{dataset}/joint"]["deviations"])  # the difference is recorded
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in sorted(CONFIGS)
+        if n.endswith(("/logit_adjust", "/balanced_softmax", "/logit_adjust_posthoc"))
+        and not n.startswith("digits_lt")
+    ],
+)
+def test_ldam_ce_configs_keep_ldams_kaiming_normal_classifier(name):
+    # kaidic/LDAM-DRW models/resnet_cifar.py: self.apply(_weights_init) -> kaiming_normal_ on the nn.Linear
+    assert _get(_load(name), "model.init_args.classifier_init") == "kaiming_normal"
+
+
+def test_comments_describe_what_the_config_does():
+    for name in CONFIGS:
+        text = CONFIGS[name].read_text()
+        if _get(_load(name), "model.init_args.reweight") in (MISSING, None, "none"):
+            assert "DRW:" not in text, f"{name} describes DRW but does not use it"
+    assert (
+        "CIFAR10_LT" in RECIPES["cifar10_lt/tde"]["values"]["model.init_args.alpha"][1]
+    )  # Tang's CIFAR-10 file

@@ -5,6 +5,8 @@ tests/data/test_shot_groups.py.)"""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -101,7 +103,7 @@ def test_count_order_ranks_by_descending_count():
         counts = rng.integers(1, 6, size=int(rng.integers(2, 60)))
         got = count_order(counts.tolist()).tolist()
         assert sorted(got) == list(range(len(counts)))
-        assert all(counts[a] >= counts[b] for a, b in zip(got, got[1:]))  # a descending ranking
+        assert all(counts[a] >= counts[b] for a, b in itertools.pairwise(got))  # a descending ranking
         if np.all(np.diff(counts) <= 0):
             assert got == list(range(len(counts)))
         else:

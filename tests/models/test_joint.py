@@ -183,7 +183,9 @@ def test_frozen_random_classifier_is_yangs_ce_baseline(tmp_path):
     b_params = [p.detach().clone() for p in joint.backbone.parameters()]
     cpu_trainer(tmp_path, max_epochs=1).fit(joint, datamodule=dm)
     assert torch.equal(joint.head.weight, w0) and torch.equal(joint.head.bias, b0)
-    assert any(not torch.equal(p, q) for p, q in zip(joint.backbone.parameters(), b_params))  # the rest trains
+    assert any(
+        not torch.equal(p, q) for p, q in zip(joint.backbone.parameters(), b_params)
+    )  # the rest trains
 
 
 def test_classifier_init_option():
