@@ -9,7 +9,9 @@ Two rules exist (Kang et al., ICLR 2020; Yang et al., NeurIPS 2022):
 - thresholds on the training count: many ``n_c > many_threshold``, medium ``few_threshold <= n_c <=
   many_threshold``, few ``n_c < few_threshold`` (:func:`shot_groups`);
 - class-index ranges ``[0, medium_start)``, ``[medium_start, few_start)``, ``[few_start, K)``
-  (:func:`shot_groups_from_boundaries`), as Yang's configs give them.
+  (:func:`shot_groups_from_boundaries`), as Yang's configs give them, over the classes ranked by
+  descending training count (:func:`count_order`: Yang renumbers ImageNet-LT's classes that way before
+  slicing; CIFAR-style ids that already descend keep their order).
 
 Group ids are ``0`` (many), ``1`` (medium), ``2`` (few), in the order of :data:`SHOT_GROUP_NAMES`.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +30,7 @@ __all__ = [
     "DEFAULT_MANY_THRESHOLD",
     "SHOT_GROUP_NAMES",
     "check_shot_groups",
+    "count_order",
     "resolve_shot_groups",
     "shot_groups",
     "shot_groups_from_boundaries",
@@ -72,19 +76,58 @@ def shot_groups(
     return cast(torch.LongTensor, groups)
 
 
-def shot_groups_from_boundaries(num_classes: int, boundaries: Sequence[int]) -> torch.LongTensor:
-    """Shot groups as class-index ranges ``[0, b0)``, ``[b0, b1)``, ``[b1, K)`` (Yang's ``head/med/tail_class_idx``).
+def count_order(class_counts: Sequence[int] | Tensor) -> torch.LongTensor:
+    """Class ids ranked by descending training count: ``order[r]`` is the class of rank ``r``.
+
+    Ids whose counts already never increase keep their order (the identity; CIFAR-LT, SVHN-LT,
+    STL-10-LT, where Yang slices the raw ids). Otherwise the ranking is ``np.argsort(-counts)`` with
+    numpy's default sort, ties included, as Yang's ``datasets/imagenet.py`` (``LT_Dataset``:
+    ``sorted_classes = np.argsort(-np.array(cls_num_list_old))``) renumbers ImageNet-LT.
+
+    Args:
+        class_counts: ``[K]`` training counts.
+
+    Returns:
+        ``[K]`` int64 class ids, most frequent first.
+
+    >>> count_order([5, 9, 1, 7]).tolist()
+    [1, 3, 0, 2]
+    >>> count_order([9, 5, 5, 1]).tolist()
+    [0, 1, 2, 3]
+    """
+    counts = np.asarray(torch.as_tensor(class_counts).detach().cpu().numpy(), dtype=np.int64)
+    if counts.ndim != 1:
+        raise ValueError(f"class_counts must be one-dimensional [K], got shape {tuple(counts.shape)}")
+    if counts.size < 2 or bool(np.all(counts[1:] <= counts[:-1])):
+        order = np.arange(counts.size)
+    else:
+        order = np.argsort(-counts)  # numpy's default kind, as Yang: the tie order is numpy's
+    return cast(torch.LongTensor, torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)))
+
+
+def shot_groups_from_boundaries(
+    num_classes: int,
+    boundaries: Sequence[int],
+    class_counts: Sequence[int] | Tensor | None = None,
+) -> torch.LongTensor:
+    """Shot groups as ranges of class rank ``[0, b0)``, ``[b0, b1)``, ``[b1, K)`` (Yang's ``head/med/tail_class_idx``).
+
+    The ranks are those of :func:`count_order` (descending training count) when ``class_counts`` is
+    given, else the class ids themselves.
 
     Args:
         num_classes: K.
         boundaries: ``[medium_start, few_start]`` with ``0 <= medium_start <= few_start <= K``
             (Yang's CIFAR-100-LT: ``[36, 71]``).
+        class_counts: ``[K]`` training counts that rank the classes (None: rank = class id).
 
     Returns:
-        ``[K]`` int64 group ids.
+        ``[K]`` int64 group ids, indexed by class id.
 
     >>> shot_groups_from_boundaries(5, [1, 3]).tolist()
     [0, 1, 1, 2, 2]
+    >>> shot_groups_from_boundaries(4, [1, 3], class_counts=[5, 9, 1, 7]).tolist()
+    [1, 0, 2, 1]
     """
     b = list(boundaries)
     if (
@@ -97,8 +140,16 @@ def shot_groups_from_boundaries(num_classes: int, boundaries: Sequence[int]) -> 
             f"0 <= medium_start <= few_start <= K={num_classes} (Yang's CIFAR-100-LT: [36, 71]), "
             f"got {boundaries!r}"
         )
-    idx = torch.arange(num_classes)
-    return cast(torch.LongTensor, (idx >= b[0]).long() + (idx >= b[1]).long())
+    rank = torch.arange(num_classes)
+    by_rank = (rank >= b[0]).long() + (rank >= b[1]).long()
+    if class_counts is None:
+        return cast(torch.LongTensor, by_rank)
+    order = count_order(class_counts)
+    if order.shape != (num_classes,):
+        raise ValueError(f"class_counts must have shape [{num_classes}], got {tuple(order.shape)}")
+    groups = torch.empty(num_classes, dtype=torch.long)
+    groups[order] = by_rank  # the class of rank r gets the group of rank r
+    return cast(torch.LongTensor, groups)
 
 
 def check_shot_groups(groups: Sequence[int] | Tensor, num_classes: int) -> torch.LongTensor:

@@ -59,3 +59,24 @@ def test_a_dotted_override_in_a_config_changes_one_value_of_the_shared_block(tmp
     assert crt["trainer"]["max_epochs"] == 10 and base["trainer"]["max_epochs"] == 30
     same = {k: v for k, v in crt["data"]["init_args"].items() if k != "sampler"}
     assert same == {k: v for k, v in base["data"]["init_args"].items() if k != "sampler"}
+
+
+def test_yangs_ce_baseline_config_builds_a_frozen_random_classifier(tmp_path):
+    # configs/cifar10_lt/joint_yang.yaml: Yang's models/resnet_cifar.py Classifier (kaiming-normal, frozen)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli = build_cli(
+            [
+                "--config",
+                str(ROOT / "configs" / "cifar10_lt" / "joint_yang.yaml"),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--trainer.accelerator",
+                "cpu",
+            ],
+            run=False,
+        )
+    head = cli.model.head
+    assert not any(p.requires_grad for p in head.parameters()) and head.init == "kaiming_normal"
+    assert all(not n.startswith("head.") for n, _ in cli.model.named_trainable_parameters())
+    assert cli.model.mixup.alpha == 1.0 and cli.datamodule.shot_groups == [0] * 3 + [1] * 4 + [2] * 3

@@ -5,6 +5,8 @@ tests/data/test_shot_groups.py.)"""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -89,3 +91,34 @@ def test_resolve_shot_groups_takes_either_form():
     counts = [150, 50, 5]
     assert resolve_shot_groups(3, counts).tolist() == reference_thresholds(counts, 100, 20)
     assert resolve_shot_groups(3, counts, many_threshold=40, few_threshold=10).tolist() == [0, 0, 2]
+
+
+def test_count_order_ranks_by_descending_count():
+    import numpy as np
+
+    from lt_lightning.spec import count_order
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        counts = rng.integers(1, 6, size=int(rng.integers(2, 60)))
+        got = count_order(counts.tolist()).tolist()
+        assert sorted(got) == list(range(len(counts)))
+        assert all(counts[a] >= counts[b] for a, b in itertools.pairwise(got))  # a descending ranking
+        if np.all(np.diff(counts) <= 0):
+            assert got == list(range(len(counts)))
+        else:
+            assert got == np.argsort(-counts).tolist()  # ties as numpy's default sort (Yang)
+    assert count_order([5, 9, 1, 7]).tolist() == [1, 3, 0, 2]  # by hand
+    assert count_order([4, 4, 1]).tolist() == [0, 1, 2] and count_order([3]).tolist() == [0]
+    assert count_order(torch.tensor([1, 3])).dtype == torch.int64
+
+
+def test_ranges_over_count_ranks_match_the_definition():
+    counts = [3, 9, 1, 7, 8]  # ranks of classes 0..4: 3, 0, 4, 2, 1
+    got = shot_groups_from_boundaries(5, [2, 4], class_counts=counts)
+    assert got.tolist() == [1, 0, 2, 1, 0] and got.dtype == torch.int64
+    assert shot_groups_from_boundaries(5, [2, 4], class_counts=[9, 8, 7, 3, 1]).tolist() == reference_ranges(
+        5, 2, 4
+    )
+    with pytest.raises(ValueError, match=r"class_counts must have shape \[5\]"):
+        shot_groups_from_boundaries(5, [2, 4], class_counts=[1, 2])

@@ -5,6 +5,11 @@ nothing has to be saved for an exact resume: a resumed run (mid-epoch or not) re
 batch's ``lam`` and permutation exactly. :class:`Mixup` is the part a model takes (``mixup: Mixup |
 None``); :func:`mixup_batch` is the pure function under it.
 
+Under DDP every rank mixes with one ``lam`` per global batch, as Yang et al.'s DataParallel training
+did (one ``mixup_data`` call per global batch): each rank draws ``lam`` from rank 0's stream
+``(seed, epoch, 0, batch_idx)``, so the ranks agree without a broadcast (no collective, no host sync);
+the permutation comes from the rank's own stream. A single-process run draws what it always drew.
+
 Nothing here synchronises with the device: ``lam`` is drawn on the host from a CPU generator and the
 permutation is copied to the batch's device without blocking.
 """
@@ -26,7 +31,12 @@ _MIXUP_STREAM = 0x313F
 
 
 def mixup_batch(
-    x: Tensor, y: Tensor, alpha: float, *, generator: torch.Generator | None = None
+    x: Tensor,
+    y: Tensor,
+    alpha: float,
+    *,
+    generator: torch.Generator | None = None,
+    lam_generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, float]:
     """Mixup (Zhang et al. ICLR 2018): ``x' = lam x + (1 - lam) x[perm]`` with ``lam ~ Beta(alpha, alpha)``.
 
@@ -40,6 +50,8 @@ def mixup_batch(
         alpha: Beta concentration, >= 0.
         generator: source of randomness (default: torch's global generators). Use a CPU generator: a
             CUDA one makes drawing lambda a device sync.
+        lam_generator: a CPU generator that draws ``lam`` instead of ``generator`` (which then draws
+            only the permutation): one seeded alike on every rank gives every rank the same ``lam``.
 
     Returns:
         ``(x_mixed, y_a, y_b, lam)`` with ``y_a = y`` and ``y_b = y[perm]``; combine losses as
@@ -51,8 +63,9 @@ def mixup_batch(
         raise ValueError(f"x and y must have the same batch size, got {tuple(x.shape)} and {tuple(y.shape)}")
     if alpha > 0:
         # torch has no Beta sampler that takes a generator: seed numpy's from it (host-only).
-        gen_device = generator.device if generator is not None else "cpu"
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device))
+        lam_gen = generator if lam_generator is None else lam_generator
+        gen_device = lam_gen.device if lam_gen is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (1,), generator=lam_gen, device=gen_device))
         lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     else:
         lam = 1.0
@@ -91,8 +104,10 @@ def mixup_generator(seed: int, epoch: int, rank: int, batch_idx: int) -> torch.G
 class Mixup:
     """Mixup as an injected part: ``Mixup(alpha)(x, y, seed=..., epoch=..., rank=..., batch_idx=...)``.
 
-    Each batch draws ``lam ~ Beta(alpha, alpha)`` and its permutation from
-    :func:`mixup_generator` ``(seed, epoch, rank, batch_idx)``, so it holds no state to checkpoint.
+    Each batch draws its permutation from :func:`mixup_generator` ``(seed, epoch, rank, batch_idx)`` and
+    ``lam ~ Beta(alpha, alpha)`` from rank 0's ``(seed, epoch, 0, batch_idx)``: one ``lam`` per global
+    batch, the same on every rank (Yang's DataParallel), with no communication. It holds no state to
+    checkpoint.
     ``alpha = 0`` returns the batch unchanged (``lam = 1``, ``y_b = y``) without drawing anything.
 
     Args:
@@ -127,4 +142,7 @@ class Mixup:
                     f"x and y must have the same batch size, got {tuple(x.shape)} and {tuple(y.shape)}"
                 )
             return x, y, y, 1.0
-        return mixup_batch(x, y, self.alpha, generator=mixup_generator(seed, epoch, rank, batch_idx))
+        generator = mixup_generator(seed, epoch, rank, batch_idx)
+        # every rank seeds lam as rank 0 does: one lam per global batch, no broadcast
+        lam_generator = None if rank == 0 else mixup_generator(seed, epoch, 0, batch_idx)
+        return mixup_batch(x, y, self.alpha, generator=generator, lam_generator=lam_generator)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lt_lightning.losses import class_balanced_weights, ldam_loss, log_prior, logit_adjusted_cross_entropy
 from lt_lightning.models.base import LongTailModule
-from lt_lightning.nn.heads import LinearHead, NormedLinearHead
+from lt_lightning.nn.heads import LINEAR_INITS, LinearHead, LinearInit, NormedLinearHead
 
 __all__ = ["DRW_ACTIVE_KEY", "LOSSES", "REWEIGHTS", "JointLoss", "JointModule", "Reweight"]
 
@@ -70,6 +70,11 @@ class JointModule(LongTailModule):
         cb_beta: β of the class-balanced weights (theirs: 0.9999).
         drw_epoch: first epoch with weights under ``"drw"`` (theirs: 160 of 200).
         posthoc_tau: post-hoc logit-adjustment strength at evaluation (0 = off).
+        classifier_init: init of the linear classifier, ``"default"`` (PyTorch's) or
+            ``"kaiming_normal"`` (kaidic/LDAM-DRW's ``_weights_init``; :class:`~lt_lightning.nn.heads.LinearHead`).
+        freeze_classifier: never train the linear classifier (weight and bias stay at their random
+            init): Yang et al.'s CIFAR cross-entropy baseline (``models/resnet_cifar.py`` ``Classifier``,
+            kaiming-normal weight, ``requires_grad = False``). Default off: a learnable classifier.
         **kwargs: :class:`~lt_lightning.models.base.LongTailModule` arguments (``class_counts`` is
             required by every option above except plain ``"ce"``).
     """
@@ -85,13 +90,19 @@ class JointModule(LongTailModule):
         cb_beta: float = 0.9999,
         drw_epoch: int = 160,
         posthoc_tau: float = 0.0,
+        classifier_init: LinearInit = "default",
+        freeze_classifier: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_loss_options(
             loss, la_tau, posthoc_tau, ldam_max_margin, ldam_scale, reweight, cb_beta, drw_epoch
         )
+        if classifier_init not in LINEAR_INITS:
+            raise ValueError(f"unknown classifier_init {classifier_init!r}; valid: {', '.join(LINEAR_INITS)}")
         super().__init__(**kwargs)
         self.head = self.build_head(self.hparams, self.feature_dim, self.num_classes)
+        if freeze_classifier:
+            self.head.requires_grad_(False)  # Yang's CE baseline: a fixed random linear classifier
         counts = self.class_counts
         needs_counts = loss != "ce" or reweight != "none" or posthoc_tau > 0
         if needs_counts and (counts is None or any(not c > 0 for c in counts)):
@@ -114,7 +125,14 @@ class JointModule(LongTailModule):
         normed = hparams.get("normed_classifier")
         if normed is None:
             normed = hparams.get("loss", "ce") == "ldam"
-        return NormedLinearHead(in_features, num_classes) if normed else LinearHead(in_features, num_classes)
+        init = hparams.get("classifier_init", "default")
+        if normed and init != "default":
+            raise ValueError(f"classifier_init={init!r} applies to the linear classifier, not the cosine one")
+        return (
+            NormedLinearHead(in_features, num_classes)
+            if normed
+            else LinearHead(in_features, num_classes, init=init)
+        )
 
     # ---- loss ---------------------------------------------------------------------------------------
     def loss_weight(self) -> Tensor | None:

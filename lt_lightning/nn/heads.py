@@ -20,6 +20,7 @@ from torch import Tensor, nn
 import lt_lightning.nn.functional as LF
 
 __all__ = [
+    "LINEAR_INITS",
     "NECK_MODES",
     "CausalNormHead",
     "ClassifierHead",
@@ -27,6 +28,7 @@ __all__ = [
     "FeatureNeck",
     "LWSHead",
     "LinearHead",
+    "LinearInit",
     "NCMHead",
     "NeckMode",
     "NormedLinearHead",
@@ -62,6 +64,11 @@ def _check_input(features: Tensor, in_features: int) -> None:
         raise ValueError(f"expected features [N, {in_features}], got {tuple(features.shape)}")
 
 
+#: the ``init`` values of :class:`LinearHead`
+LinearInit = Literal["default", "kaiming_normal"]
+LINEAR_INITS: tuple[str, ...] = get_args(LinearInit)
+
+
 class LinearHead(nn.Linear):
     """Learnable linear classifier (joint training, cRT). ``reset_parameters()`` re-initialises it.
 
@@ -69,11 +76,26 @@ class LinearHead(nn.Linear):
         in_features: d.
         num_classes: K.
         bias: learn a bias.
+        init: ``"default"`` (PyTorch's ``nn.Linear`` init) or ``"kaiming_normal"``: the weight drawn by
+            ``nn.init.kaiming_normal_`` (fan-in, gain √2), the bias left at PyTorch's init, as
+            kaidic/LDAM-DRW's ``models/resnet_cifar.py`` ``_weights_init`` and Yang's ``Classifier``.
     """
 
-    def __init__(self, in_features: int, num_classes: int, bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, bias: bool = True, init: LinearInit = "default"
+    ) -> None:
+        if init not in LINEAR_INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(LINEAR_INITS)}")
         d, k = _check_dims(in_features, num_classes)
         super().__init__(d, k, bias=bias)
+        self.init = init
+        if init != "default":
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if getattr(self, "init", "default") == "kaiming_normal":
+            nn.init.kaiming_normal_(self.weight)
 
     @property
     def num_classes(self) -> int:

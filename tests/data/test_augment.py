@@ -67,9 +67,16 @@ def test_the_same_four_integers_give_the_same_mix() -> None:
     mixup = Mixup(1.0)
     a, b = mixup(X, Y, **KEY), Mixup(1.0)(X.clone(), Y.clone(), **KEY)
     assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and a[3] == b[3]
-    # and it is mixup_batch driven by mixup_generator
-    ref = mixup_batch(X, Y, 1.0, generator=mixup_generator(**KEY))
+    # and it is mixup_batch driven by mixup_generator: lam from rank 0's stream, the permutation the rank's
+    ref = mixup_batch(
+        X, Y, 1.0, generator=mixup_generator(**KEY), lam_generator=mixup_generator(**{**KEY, "rank": 0})
+    )
     assert torch.equal(a[0], ref[0]) and torch.equal(a[2], ref[2]) and a[3] == ref[3]
+    # on rank 0 (every single-process run) it is mixup_batch over the one generator, as it always was
+    rank0 = {**KEY, "rank": 0}
+    ref0 = mixup_batch(X, Y, 1.0, generator=mixup_generator(**rank0))
+    got0 = Mixup(1.0)(X, Y, **rank0)
+    assert torch.equal(got0[0], ref0[0]) and torch.equal(got0[2], ref0[2]) and got0[3] == ref0[3]
 
 
 @pytest.mark.parametrize("changed", list(KEY))
@@ -77,7 +84,38 @@ def test_changing_any_one_integer_changes_the_mix(changed: str) -> None:
     base = Mixup(1.0)(X, Y, **KEY)
     for delta in (1, 7):
         other = Mixup(1.0)(X, Y, **{**KEY, changed: KEY[changed] + delta})
-        assert other[3] != base[3] and not torch.equal(other[0], base[0])
+        assert not torch.equal(other[0], base[0]) and not torch.equal(other[2], base[2])
+        # lam is one per global batch: another rank shares it, another batch, epoch or seed does not
+        assert (other[3] == base[3]) == (changed == "rank")
+
+
+def _mix_on_rank(rank: int, batch_idx: int, alpha: float = 1.0):
+    g = torch.Generator().manual_seed(100 + rank)  # every rank holds different images
+    x, y = torch.randn(6, 3, generator=g), torch.randint(0, 4, (6,), generator=g)
+    return x, y, Mixup(alpha)(x, y, seed=0, epoch=2, rank=rank, batch_idx=batch_idx)
+
+
+def test_one_lam_per_global_batch_on_every_rank() -> None:
+    # Yang's DataParallel: one mixup_data call (one lam) per global batch; under DDP every rank draws
+    # that same lam from its own generator (no broadcast); each rank permutes its own batch
+    for batch_idx in range(20):
+        lams = {r: _mix_on_rank(r, batch_idx)[2][3] for r in range(4)}
+        assert len(set(lams.values())) == 1, lams
+        # the reference: Beta(1, 1) seeded by the first draw of rank 0's generator, as documented
+        seed = int(torch.randint(0, 2**62, (1,), generator=mixup_generator(0, 2, 0, batch_idx)))
+        assert lams[0] == float(np.random.default_rng(seed).beta(1.0, 1.0))
+        perms = set()
+        for r in range(4):
+            x, y, (xm, ya, yb, lam) = _mix_on_rank(r, batch_idx)
+            gen = mixup_generator(0, 2, r, batch_idx)
+            if r == 0:
+                torch.randint(0, 2**62, (1,), generator=gen)  # rank 0's own stream drew lam first
+            perm = torch.randperm(6, generator=gen)
+            torch.testing.assert_close(xm, lam * x + (1 - lam) * x[perm])
+            assert torch.equal(yb, y[perm]) and torch.equal(ya, y)
+            perms.add(tuple(perm.tolist()))
+        assert len(perms) > 1  # the permutations are the ranks' own
+    assert len({_mix_on_rank(0, b)[2][3] for b in range(10)}) == 10  # batches differ
 
 
 def test_swapped_integers_do_not_collide() -> None:

@@ -84,3 +84,81 @@ def test_cli_links_the_datamodules_groups_into_the_model_metrics(tmp_path):
     assert cli.datamodule.shot_groups == expected
     assert list(cli.model.hparams.shot_groups) == expected
     assert cli.model.val_metrics.class_group.tolist() == expected
+
+
+def _yangs_groups(counts, medium_start, few_start) -> list[int]:
+    """Yang's datasets/imagenet.py LT_Dataset, written out: class_map[sorted_classes[i]] = i with
+    sorted_classes = np.argsort(-counts), then head/med/tail_class_idx slice the new ids."""
+    import numpy as np
+
+    sorted_classes = np.argsort(-np.array(counts))
+    class_map = [0] * len(counts)
+    for i in range(len(counts)):
+        class_map[sorted_classes[i]] = i
+    return [
+        0 if class_map[c] < medium_start else 1 if class_map[c] < few_start else 2 for c in range(len(counts))
+    ]
+
+
+def _write_split_file(path, counts):
+    lines = [f"c{c}/{i}.png {c}" for c, n in enumerate(counts) for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["ImageNetLTDataModule", "PlacesLTDataModule", "INaturalist2018DataModule"]
+)
+def test_split_file_boundaries_rank_classes_by_training_count(tmp_path, cls_name):
+    # the split file's ids are not in count order: class 6 is the most frequent, class 2 the rarest
+    import lt_lightning.data as data
+
+    counts = [3, 9, 1, 7, 8, 2, 12, 5, 4, 6]
+    _write_split_file(tmp_path / "train.txt", counts)
+    dm = getattr(data, cls_name)(
+        data_dir=str(tmp_path),
+        train_file="train.txt",
+        val_file="train.txt",
+        test_file="train.txt",
+        num_classes=10,
+        shot_group_boundaries=[3, 7],
+        check_files=False,
+    )
+    # by hand: ranks 6, 1, 4 | 3, 9, 7, 8 | 0, 5, 2
+    by_hand = [2, 0, 2, 1, 0, 2, 0, 1, 1, 1]
+    assert dm.class_counts == counts
+    assert dm.shot_groups == by_hand == _yangs_groups(counts, 3, 7)
+    assert dm.shot_groups != spec.shot_groups_from_boundaries(10, [3, 7]).tolist()  # not the raw ids
+
+
+def test_imagenet_lt_sized_boundaries_follow_yangs_renumbering_ties_included(tmp_path):
+    # ImageNet-LT's shape (1,000 classes, 5..1280 images, many ties) in a shuffled id order; Yang's
+    # [390, 835]; ties are ranked as numpy's default argsort ranks them, as his code does
+    import numpy as np
+
+    from lt_lightning.data import ImageNetLTDataModule
+
+    rng = np.random.default_rng(0)
+    counts = np.maximum(5, (1280 * 0.004 ** rng.random(1000))).astype(int)
+    counts[rng.choice(1000, 200, replace=False)] = 20  # a wide tie across a boundary
+    assert len(set(counts.tolist())) < 1000 and np.any(np.diff(counts) > 0)
+    _write_split_file(tmp_path / "train.txt", counts.tolist())
+    dm = ImageNetLTDataModule(
+        data_dir=str(tmp_path),
+        train_file="train.txt",
+        val_file="train.txt",
+        test_file="train.txt",
+        shot_group_boundaries=[390, 835],
+        check_files=False,
+    )
+    assert dm.shot_groups == _yangs_groups(counts.tolist(), 390, 835)
+    assert [dm.shot_groups.count(g) for g in range(3)] == [390, 445, 165]
+    # every many-shot class has at least the count of every medium-shot class, and so on
+    g = np.array(dm.shot_groups)
+    assert counts[g == 0].min() >= counts[g == 1].max() and counts[g == 1].min() >= counts[g == 2].max()
+
+
+def test_cifar_ids_that_already_descend_keep_their_order():
+    # Yang slices CIFAR-100-LT's raw ids (no renumbering); its tail has ties that a sort could permute
+    dm = CIFAR100LTDataModule(data_dir="does-not-exist", imbalance_ratio=100, shot_group_boundaries=[36, 71])
+    assert len(set(dm.class_counts)) < 100  # ties exist
+    assert dm.shot_groups == spec.shot_groups_from_boundaries(100, [36, 71]).tolist()

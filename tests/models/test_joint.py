@@ -170,3 +170,28 @@ def test_every_option_that_reads_the_counts_needs_them(option):
     with pytest.raises(ValueError, match="all > 0"):
         JointModule(**model_kwargs(dm, class_counts=[5, 4, 3, 2, 1, 0], **option))
     JointModule(**model_kwargs(dm, class_counts=None))  # plain CE does not
+
+
+def test_frozen_random_classifier_is_yangs_ce_baseline(tmp_path):
+    # Yang's models/resnet_cifar.py Classifier: nn.Linear, kaiming-normal weight, weight and bias frozen
+    dm = synthetic_dm()
+    joint = JointModule(**model_kwargs(dm), classifier_init="kaiming_normal", freeze_classifier=True)
+    assert isinstance(joint.head, LinearHead) and joint.head.init == "kaiming_normal"
+    assert not any(p.requires_grad for p in joint.head.parameters())
+    assert all(not n.startswith("head.") for n, _ in joint.named_trainable_parameters())
+    w0, b0 = joint.head.weight.detach().clone(), joint.head.bias.detach().clone()
+    b_params = [p.detach().clone() for p in joint.backbone.parameters()]
+    cpu_trainer(tmp_path, max_epochs=1).fit(joint, datamodule=dm)
+    assert torch.equal(joint.head.weight, w0) and torch.equal(joint.head.bias, b0)
+    assert any(
+        not torch.equal(p, q) for p, q in zip(joint.backbone.parameters(), b_params)
+    )  # the rest trains
+
+
+def test_classifier_init_option():
+    dm = synthetic_dm()
+    assert JointModule(**model_kwargs(dm)).head.init == "default"  # the default is unchanged
+    with pytest.raises(ValueError, match="unknown classifier_init 'orthogonal'"):
+        JointModule(**model_kwargs(dm), classifier_init="orthogonal")
+    with pytest.raises(ValueError, match="applies to the linear classifier, not the cosine one"):
+        JointModule(**model_kwargs(dm), loss="ldam", classifier_init="kaiming_normal")

@@ -372,3 +372,23 @@ def test_causal_norm_head_stays_float32_under_autocast() -> None:
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)  # not bfloat16's ~1e-2
     with torch.autocast("cpu", dtype=torch.float16):  # what 16-mixed needs, checked on the CPU
         assert head(x.half()).dtype == torch.float32
+
+
+def test_linear_head_kaiming_normal_init() -> None:
+    # kaidic/LDAM-DRW models/resnet_cifar.py _weights_init: init.kaiming_normal_(m.weight) for nn.Linear
+    # (fan-in, gain sqrt(2): std sqrt(2 / d)); the bias keeps PyTorch's U(-1/sqrt(d), 1/sqrt(d))
+    d, k = 256, 400
+    torch.manual_seed(0)
+    head = LinearHead(d, k, init="kaiming_normal")
+    w = head.weight.detach().double()
+    assert abs(w.mean().item()) < 4 * (2 / d) ** 0.5 / (d * k) ** 0.5
+    assert w.std().item() == pytest.approx((2 / d) ** 0.5, rel=0.02)
+    assert head.bias.abs().max().item() <= 1 / d**0.5
+    default = LinearHead(d, k)  # PyTorch's init: U(-1/sqrt(d), 1/sqrt(d)), std 1/sqrt(3d)
+    assert default.weight.abs().max().item() <= 1 / d**0.5
+    assert default.weight.std().item() == pytest.approx((1 / (3 * d)) ** 0.5, rel=0.02)
+    torch.manual_seed(1)
+    head.reset_parameters()  # re-initialises with the same rule
+    assert head.weight.std().item() == pytest.approx((2 / d) ** 0.5, rel=0.02)
+    with pytest.raises(ValueError, match="unknown init 'xavier'; valid: default, kaiming_normal"):
+        LinearHead(d, k, init="xavier")  # type: ignore[arg-type]

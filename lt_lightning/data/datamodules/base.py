@@ -64,8 +64,13 @@ class LongTailDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete training batch of every epoch.
         many_threshold: classes with more training samples than this are many-shot.
         few_threshold: classes with fewer training samples than this are few-shot.
-        shot_group_boundaries: ``[medium_start, few_start]`` class indices defining the shot groups by
-            class range instead of by count (Yang's CIFAR-100-LT: ``[36, 71]``).
+        shot_group_boundaries: ``[medium_start, few_start]``: the shot groups as ranges of class rank
+            instead of count thresholds, with the classes ranked by descending training count
+            (:func:`lt_lightning.spec.count_order`): the ``medium_start`` most frequent classes are
+            many-shot, the next ``few_start - medium_start`` medium, the rest few. Where the class ids
+            already descend in count (CIFAR-LT) rank = id; on ImageNet-LT, Places-LT and iNat the split
+            file's ids are ranked as ``np.argsort(-counts)``, as Yang renumbers ImageNet-LT (his
+            ``[390, 835]``; CIFAR-100-LT ``[36, 71]``).
         pipeline: ``"dataloader"`` (default: torchvision transforms in a DataLoader) or ``"device"``
             (in-memory datasets only: the data move once to the training device and each training
             batch is gathered and augmented there, see :mod:`lt_lightning.data.device_pipeline`;
@@ -75,7 +80,7 @@ class LongTailDataModule(L.LightningDataModule):
         num_classes: K.
         class_counts: ``[K]`` training samples per class.
         shot_groups: ``[K]`` shot group of every class, 0 many, 1 medium, 2 few: from
-            ``shot_group_boundaries`` (class-index ranges, as Yang's ``head/med/tail_class_idx``) when
+            ``shot_group_boundaries`` (ranges of count rank, as Yang's ``head/med/tail_class_idx``) when
             given, else from the count thresholds (:mod:`lt_lightning.spec`). Computed once, here.
     """
 
@@ -161,7 +166,9 @@ class LongTailDataModule(L.LightningDataModule):
         self.num_classes = len(counts)
         self.class_counts = [int(n) for n in counts]
         if self.shot_group_boundaries is not None:
-            groups = spec.shot_groups_from_boundaries(self.num_classes, self.shot_group_boundaries)
+            groups = spec.shot_groups_from_boundaries(
+                self.num_classes, self.shot_group_boundaries, class_counts=self.class_counts
+            )
         else:
             groups = spec.shot_groups(self.class_counts, self.many_threshold, self.few_threshold)
         self.shot_groups = groups.tolist()

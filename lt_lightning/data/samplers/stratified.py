@@ -14,10 +14,11 @@ class StratifiedBatchSampler(LongTailSampler):
     """Stratified batches (Markou et al., ``nc/datasets.py`` ``StratifiedBatchSampler``): every batch holds
     each class in the proportion of the training set.
 
-    Markou's sampler yields the test folds of ``StratifiedKFold(n_splits=N // B)``: each epoch every sample
-    once, and each class's samples spread evenly over the ``N // B`` batches. Here each epoch drops
-    ``N mod B`` random samples (a different few every epoch) so that every batch has exactly ``B``
-    samples (Markou's have ``B`` or ``B + 1``); each class is then dealt round-robin over the batches, so
+    Markou's sampler yields the test folds of ``StratifiedKFold(n_splits=n)``, ``n = N // B``: each epoch
+    every sample once, in folds of ``floor(N / n)`` or ``ceil(N / n)`` samples (the ``N mod B`` extra
+    samples spread over the folds: 258 or 259 on CIFAR-10-LT, N = 12,406, at B = 256; 256 or 257 on
+    CIFAR-10). Here each epoch drops ``N mod B`` random samples (a different few every epoch) so that every
+    batch has exactly ``B`` samples; each class is then dealt round-robin over the batches, so
     class ``c`` has ``floor`` or ``ceil`` of ``n_c (N // B) B / N / (N // B)`` samples in every batch.
 
     The epoch's global order (:meth:`global_indices`) is the ``N // B`` global batches one after the
