@@ -25,9 +25,11 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from lightning.pytorch.utilities import rank_zero_warn
+
 from lt_lightning.compat import batches_trained_this_epoch
 
-__all__ = ["ResumableDataLoader", "ResumePosition", "track_position"]
+__all__ = ["ResumableDataLoader", "ResumePosition", "track_position", "warn_if_one_short_batch"]
 
 
 class ResumePosition:
@@ -86,7 +88,8 @@ class ResumePosition:
         if differ:
             raise ValueError(
                 f"the checkpoint was taken mid-epoch with {' and '.join(differ)}: an exact resume needs the "
-                "same batch size and process count"
+                "same batch size and process count (each process trains its own slice of the epoch); resume "
+                "with those, or from a checkpoint at an epoch boundary"
             )
         skip = getattr(self.sampler, "skip_next", None)
         if skip is None:
@@ -107,4 +110,23 @@ def track_position(loader: ResumePosition, trainer: Any | None) -> ResumePositio
     """
     if trainer is not None:
         loader.batches_trained = functools.partial(batches_trained_this_epoch, trainer)
+    warn_if_one_short_batch(loader)
     return loader
+
+
+def warn_if_one_short_batch(loader: ResumePosition) -> None:
+    """Warn (once per setting) when the training batch size exceeds this process's share of the
+    training set: every epoch is then one short batch, which a user rarely means."""
+    try:
+        samples = len(loader.sampler)
+    except TypeError:  # a sampler without a length
+        return
+    batch_size = int(loader.batch_size or 1)
+    if 0 < samples < batch_size:
+        world = loader._num_replicas()
+        share = f" per process ({world} processes)" if world > 1 else ""
+        rank_zero_warn(
+            f"batch_size={batch_size} is larger than the training set ({samples} samples{share}): every epoch is one "
+            "batch of them; lower --data.init_args.batch_size",
+            category=UserWarning,
+        )
