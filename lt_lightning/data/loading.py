@@ -23,9 +23,8 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch.utils.data import DataLoader
-
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
 
 from lt_lightning.compat import batches_trained_this_epoch
 
