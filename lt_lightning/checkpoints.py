@@ -57,7 +57,7 @@ TRUSTED_CLASS_PATHS = frozenset({"lightning.pytorch.cli.instantiate_module"})
 #: hyper-parameters' record of it, Lightning's instantiator, and every nested ``{class_path, init_args}``
 _CLASS_PATH_KEY = "lt_lightning_class_path"
 CLASS_PATH_KEYS = ("class_path", "_class_path", "_instantiator")
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 
 
 def _umask() -> int:
@@ -148,9 +148,10 @@ def _load_failure(path: str, what: str, err: BaseException) -> ValueError:
         )
     with open(path, "rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"
-    if zipped and ("central directory" in text or "truncated" in text.lower() or "EOF" in text):
+    if zipped:  # a PyTorch archive that does not read: cut short (or damaged) on the way
         return ValueError(
-            f"{what} {path!r} is truncated (an incomplete PyTorch archive: was its save interrupted?); use an "
+            f"{what} {path!r} is truncated or damaged (an incomplete PyTorch archive: was its save or copy "
+            "interrupted?); use an "
             "earlier checkpoint of the run"
         )
     return ValueError(
