@@ -83,7 +83,7 @@ class ResumePosition:
         if batch_size != self.batch_size:
             differ.append(f"batch size {batch_size} (this run: {self.batch_size})")
         if replicas is not None and replicas != world:
-            differ.append(f"{replicas} processes (this run: {world})")
+            differ.append(f"{replicas} process{'es' if replicas != 1 else ''} (this run: {world})")
         if differ:
             raise ValueError(
                 f"the checkpoint was taken mid-epoch with {' and '.join(differ)}: an exact resume needs the "
