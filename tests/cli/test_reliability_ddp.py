@@ -25,7 +25,7 @@ RUN = Path("runs/digits_lt/fixed_etf/seed0")
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 STEPS = (
     "--trainer.callbacks+={class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
-    '{dirpath: "runs/digits_lt/fixed_etf/seed{seed}/steps", every_n_train_steps: 3, save_last: true}'
+    '{dirpath: "runs/digits_lt/fixed_etf/seed{seed}/steps", every_n_train_steps: 3, save_last: true}}'
 )
 ARGS = [
     "--config",
