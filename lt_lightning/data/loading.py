@@ -63,9 +63,9 @@ class ResumePosition:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next epoch's iteration continue after the samples a mid-epoch checkpoint had trained.
 
-        A position of 0, or one that covers the loader's whole epoch (an end-of-epoch checkpoint: the
-        resumed run starts the next epoch), skips nothing and checks nothing, so a run may resume at an
-        epoch boundary with another batch size or process count.
+        A position of 0 (an end-of-epoch checkpoint: the resumed run starts the next epoch) skips nothing
+        and checks nothing, so a run may resume at an epoch boundary with another batch size or process
+        count; so does one that covers the loader's whole epoch with the same batch size and process count.
 
         Raises:
             ValueError: a mid-epoch position saved with another batch size or number of processes, or a
@@ -76,9 +76,14 @@ class ResumePosition:
             samples, replicas = int(state["samples_done"]), state.get("num_replicas")
         else:  # written before the world size was recorded: {"batches_done": n, "batch_size": b}
             samples, replicas = int(state.get("batches_done", 0)) * int(batch_size or 0), None
-        if samples == 0 or (batch_size == self.batch_size and samples >= len(self) * int(batch_size or 0)):
-            return
         world = self._num_replicas()
+        same_world = replicas is None or replicas == world
+        whole_epoch = batch_size == self.batch_size and samples >= len(self) * int(batch_size or 0)
+        # a position covering this run's whole epoch is an epoch end only with the same world: with
+        # another, the same samples are another share of the epoch (issue 20: 1 -> 2 processes resumed
+        # 6 of 13 batches as a finished epoch of 6)
+        if samples == 0 or (same_world and whole_epoch):
+            return
         differ = []
         if batch_size != self.batch_size:
             differ.append(f"batch size {batch_size} (this run: {self.batch_size})")
