@@ -224,6 +224,12 @@ class LRSchedule:
             )
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
+        if self.name == "multistep" and not self.milestones:
+            # without them the schedule is a constant lr (after any warm-up), silently
+            raise ValueError(
+                "lr_schedule multistep has no milestones (a constant lr): give lr_schedule.milestones (epochs, "
+                "e.g. [160, 180]) and lr_schedule.milestone_factors (e.g. [0.1, 0.01]), or another name"
+            )
 
     @classmethod
     def from_config(cls, value: LRSchedule | Mapping[str, Any] | None) -> LRSchedule:

@@ -4,7 +4,10 @@ already imported)."""
 
 from __future__ import annotations
 
+import copy
+import errno
 import functools
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -14,8 +17,11 @@ import pytest
 import torch
 
 from lt_lightning.checkpoints import (
+    TRUSTED_MODULES,
     AtomicCheckpointIO,
+    CheckpointWriteError,
     atomic_torch_save,
+    check_class_paths,
     load_checkpoint_file,
     resolve_class,
 )
@@ -141,8 +147,9 @@ def test_a_pickle_payload_is_refused_on_every_load_path_not_run(tmp_path):
     good["hyper_parameters"]["note"] = _Payload(marker)
     evil = tmp_path / "evil.ckpt"
     torch.save(good, evil)
-    with pytest.raises(ValueError, match=r"evil\.ckpt.*could run code.*weights_only=True"):
+    with pytest.raises(ValueError, match=r"evil\.ckpt.*could run code") as info:
         load_module_from_checkpoint(str(evil))
+    assert "weights_only=False" not in str(info.value)  # never advise the unsafe load
     with pytest.raises(ValueError, match="could run code"):
         JointModule.load_from_checkpoint(str(evil))
     dm = _dm()
@@ -266,3 +273,145 @@ def test_resolve_class_imports_only_lt_lightning_modules(tmp_path, monkeypatch):
         resolve_class("lt_lightning.models.joint.JointModule", torch.optim.Optimizer)
     with pytest.raises(ValueError, match="not imported"):
         resolve_class("NoModule", object)
+
+
+# ---------------------------------------------------------------------------------- the import rule (issue 20)
+#: where a checkpoint can name the module ``this`` (the Zen of Python is printed when it is imported)
+THIS_PLACES = {
+    "class": lambda c: c.__setitem__(CLASS_PATH_KEY, "this.Model"),
+    "record": lambda c: c["hyper_parameters"].__setitem__("_class_path", "this.Model"),
+    "instantiator": lambda c: c["hyper_parameters"].__setitem__("_instantiator", "this.build"),
+    "optimizer": lambda c: c["hyper_parameters"].__setitem__(
+        "optimizer", {"class_path": "this.Opt", "init_args": {}}
+    ),
+    "nested": lambda c: c["hyper_parameters"].__setitem__("stage1_module", {"a": [{"class_path": "this.M"}]}),
+}
+
+
+@pytest.fixture(scope="module")
+def joint_ckpt(tmp_path_factory) -> dict:
+    return torch.load(_fitted(tmp_path_factory.mktemp("joint")), weights_only=True)
+
+
+def _naming_this(joint_ckpt: dict, tmp_path: Path, place: str) -> Path:
+    ckpt = copy.deepcopy(joint_ckpt)
+    THIS_PLACES[place](ckpt)
+    path = tmp_path / f"this_{place}.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def _load_paths(path: Path) -> dict:
+    """Every library load path of a checkpoint file (the command-line ones: tests/cli/test_reliability_imports)."""
+    dm = _dm(sampler="class")
+    return {
+        "load_module_from_checkpoint": lambda: load_module_from_checkpoint(str(path)),
+        "load_from_checkpoint": lambda: JointModule.load_from_checkpoint(path),
+        "trainer resume (AtomicCheckpointIO)": lambda: AtomicCheckpointIO().load_checkpoint(path),
+        "stage1_checkpoint": lambda: (
+            DecoupledModule(stage1_checkpoint=str(path), mode="crt", num_classes=6) if dm else None
+        ),
+        "load_checkpoint_file": lambda: load_checkpoint_file(path),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("place", list(THIS_PLACES))
+def test_a_checkpoint_naming_a_module_is_refused_on_every_load_path_before_importing_it(
+    tmp_path, joint_ckpt, place, capsys
+):
+    assert "this" not in sys.modules
+    path = _naming_this(joint_ckpt, tmp_path, place)
+    for name, load in _load_paths(path).items():
+        with pytest.raises(ValueError) as info:
+            load()
+        message = str(info.value)
+        assert "\n" not in message, name
+        assert str(path) in message and "'this'" in message and "refused" in message, (name, message)
+    assert "this" not in sys.modules  # nothing was imported ...
+    assert "Beautiful is better than ugly" not in capsys.readouterr().out  # ... so nothing printed
+
+
+def test_check_class_paths_allows_ours_imported_and_trusted_modules(monkeypatch):
+    ok = {
+        CLASS_PATH_KEY: "lt_lightning.models.joint.JointModule",
+        "hyper_parameters": {
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",  # Lightning's own
+            "optimizer": {"class_path": "torch.optim.SGD"},  # imported already
+            "x": [{"class_path": "lt_lightning.optim.AGD"}],
+        },
+    }
+    check_class_paths(ok, "checkpoint 'ok.ckpt'")
+    bad = {"hyper_parameters": {"optimizer": {"class_path": "lt_test_not_imported.Opt"}}}
+    with pytest.raises(ValueError, match=r"'ok.ckpt' names 'lt_test_not_imported.Opt' \(hyper_parameters"):
+        check_class_paths(bad, "checkpoint 'ok.ckpt'")
+    monkeypatch.setattr("lt_lightning.checkpoints.TRUSTED_MODULES", {"lt_test_not_imported"})
+    check_class_paths(bad, "checkpoint 'ok.ckpt'")  # an explicit allow-list
+    assert TRUSTED_MODULES == set()  # empty by default
+    # a prefix is not a parent module: lt_lightning_evil is not lt_lightning
+    with pytest.raises(ValueError, match="lt_lightning_evil"):
+        check_class_paths({CLASS_PATH_KEY: "lt_lightning_evil.M"}, "x")
+
+
+# ---------------------------------------------------------------------------------- bad files, one line each
+@pytest.mark.slow
+def test_bad_files_give_one_line_naming_the_file_and_never_advise_an_unsafe_load(tmp_path, joint_ckpt):
+    good_path = tmp_path / "good.ckpt"
+    torch.save(joint_ckpt, good_path)
+    good = good_path.read_bytes()
+    cases = {
+        "empty.ckpt": (b"", "is empty"),
+        "truncated.ckpt": (good[: len(good) // 2], "is truncated"),
+        "head.ckpt": (good[:100], "is truncated"),
+        "random.ckpt": (
+            bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0)).tolist()),
+            "not a readable",
+        ),
+        "text.ckpt": (b"epoch: 3\n" * 20, "not a readable"),
+        "json.ckpt": (b'{"state_dict": {}}', "not a readable"),
+        "object.ckpt": (pickle.dumps(os.getcwd, protocol=2), "holds the Python object posix.getcwd"),
+    }
+    for name, (data, expected) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError) as info:
+            load_checkpoint_file(tmp_path / name)
+        message = str(info.value)
+        assert expected in message and repr(str(tmp_path / name)) in message, (name, message)
+        assert "\n" not in message and "weights_only=False" not in message, (name, message)
+    with pytest.raises(IsADirectoryError, match="is a folder; give a .ckpt file"):
+        load_checkpoint_file(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- failed writes
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"), (errno.EACCES, "permission denied")],
+)
+def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, code, reason):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"a": torch.ones(2)}, path)
+    real_fsync = os.fsync
+
+    def fail(fd):  # the kernel reports a full disk at the write or, with delayed allocation, at fsync
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(CheckpointWriteError) as info:
+        AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(3)}, path)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    message = str(info.value)
+    assert reason in message and str(path) in message and "\n" not in message
+    assert info.value.__cause__ is None  # the command line prints it as one line (root cause)
+    assert isinstance(info.value, PermissionError)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))  # intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
+
+
+def test_other_os_errors_of_a_write_are_not_renamed(tmp_path, monkeypatch):
+    def fail(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="I/O error") as info:
+        atomic_torch_save({"a": torch.ones(1)}, tmp_path / "x.ckpt")
+    assert not isinstance(info.value, CheckpointWriteError)

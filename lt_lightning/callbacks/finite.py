@@ -7,10 +7,15 @@ step's update. The flags are read back to the host only every ``check_every_n_st
 default the trainer's ``log_every_n_steps``, when Lightning reads the logged values anyway), before
 every checkpoint is written and when training ends; the run then stops with :class:`NonFiniteError`
 naming the first bad step and the quantity. No checkpoint is written after a non-finite step.
+
+Evaluation inputs are checked too (one device flag per batch, read once per epoch): NaN or inf in the
+validation or test data warns once per split, naming the split and the first bad batch, instead of a
+silent ``val/loss nan``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +74,8 @@ class FiniteGuard(Callback):
         self._saved: list[tuple[Tensor, Tensor]] = []  # parameters before the step (no found_inf)
         self._bad_now: Tensor | None = None
         self._checked_at = -1  # the global step of the last host read
+        self._eval_bad: Tensor | None = None  # first evaluation batch with non-finite inputs (-1: none)
+        self._warned: set[str] = set()  # the splits already warned about (once a run each)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         device = pl_module.device
@@ -137,6 +144,56 @@ class FiniteGuard(Callback):
                 "Lower the learning rate or check the data."
             )
         return [bool(v) for v in values]
+
+    # ---- evaluation data: warn once per split, read once per evaluation epoch ------------------------------
+    def _eval_batch(self, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+        if not (isinstance(x, Tensor) and x.is_floating_point()):
+            return
+        bad = ~torch.isfinite(x).all()
+        if self._eval_bad is None:
+            self._eval_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        self._eval_bad = torch.where(bad & (self._eval_bad < 0), batch_idx, self._eval_bad)
+
+    def _eval_end(self, trainer: Trainer, split: str) -> None:
+        bad, self._eval_bad = self._eval_bad, None
+        if bad is None or split in self._warned:
+            return
+        first = int(bad)  # one host read per evaluation epoch
+        if first >= 0:
+            self._warned.add(split)
+            rank = f" (rank {trainer.global_rank})" if trainer.world_size > 1 else ""
+            warnings.warn(
+                f"the {split} data holds NaN or inf inputs (first in {split} batch {first}{rank}): {split}/loss and "
+                f"the {split} metrics are NaN or wrong; check the data (warned once)",
+                stacklevel=1,
+            )
+
+    def on_validation_batch_start(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch(pl_module, batch, batch_idx)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_end(trainer, "val")
+
+    def on_test_batch_start(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch(pl_module, batch, batch_idx)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_end(trainer, "test")
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         names, finite = _finite_flags_of(checkpoint.get("state_dict", {}))

@@ -21,7 +21,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lt_lightning.callbacks import FiniteGuard, PerClassTable, PredictionWriter, SaveConfigToLoggers
+from lt_lightning.callbacks.signals import SaveOnSigterm  # issue 20
 from lt_lightning.checkpoints import load_checkpoint_file
+from lt_lightning.cli.guards import check_trainer_options, lock_run_folders  # issue 20
 from lt_lightning.data import LongTailDataModule
 from lt_lightning.models import LongTailModule
 from lt_lightning.models.decoupled import DecoupledModule, decoupled_class
@@ -312,7 +314,7 @@ class LTLightningCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        self._complete_config()
+        check_trainer_options(self._complete_config().get("trainer") or {})  # issue 20
 
     def _complete_config(self, seed_known: bool = True) -> Namespace:
         """The subcommand's config with ``--ckpt_path`` back, ``{seed}`` filled in (unless the seed is not
@@ -341,6 +343,7 @@ class LTLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Refuse (or, with ``--overwrite_run``, clear) checkpoint folders holding a previous run."""
+        lock_run_folders(self.trainer)  # issue 20: one fit per run folder, writable
         options = self.config_init["fit"]
         if options.get("ckpt_path"):
             return  # resuming the run that is there
@@ -399,7 +402,7 @@ def _cli(cls: type[LTLightningCLI], args: Sequence[str] | None, run: bool) -> LT
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "logger": default_logger(),
-            "callbacks": [FiniteGuard(), PerClassTable()],
+            "callbacks": [FiniteGuard(), PerClassTable(), SaveOnSigterm()],  # issue 20: SaveOnSigterm
             "plugins": [{"class_path": "lt_lightning.checkpoints.AtomicCheckpointIO"}],
         },
         auto_configure_optimizers=False,

@@ -23,11 +23,12 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lt_lightning.compat import batches_trained_this_epoch
 
-__all__ = ["ResumableDataLoader", "ResumePosition", "track_position"]
+__all__ = ["ResumableDataLoader", "ResumePosition", "track_position", "warn_if_one_short_batch"]
 
 
 class ResumePosition:
@@ -62,9 +63,9 @@ class ResumePosition:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next epoch's iteration continue after the samples a mid-epoch checkpoint had trained.
 
-        A position of 0, or one that covers the loader's whole epoch (an end-of-epoch checkpoint: the
-        resumed run starts the next epoch), skips nothing and checks nothing, so a run may resume at an
-        epoch boundary with another batch size or process count.
+        A position of 0 (an end-of-epoch checkpoint: the resumed run starts the next epoch) skips nothing
+        and checks nothing, so a run may resume at an epoch boundary with another batch size or process
+        count; so does one that covers the loader's whole epoch with the same batch size and process count.
 
         Raises:
             ValueError: a mid-epoch position saved with another batch size or number of processes, or a
@@ -75,18 +76,24 @@ class ResumePosition:
             samples, replicas = int(state["samples_done"]), state.get("num_replicas")
         else:  # written before the world size was recorded: {"batches_done": n, "batch_size": b}
             samples, replicas = int(state.get("batches_done", 0)) * int(batch_size or 0), None
-        if samples == 0 or (batch_size == self.batch_size and samples >= len(self) * int(batch_size or 0)):
-            return
         world = self._num_replicas()
+        same_world = replicas is None or replicas == world
+        whole_epoch = batch_size == self.batch_size and samples >= len(self) * int(batch_size or 0)
+        # a position covering this run's whole epoch is an epoch end only with the same world: with
+        # another, the same samples are another share of the epoch (issue 20: 1 -> 2 processes resumed
+        # 6 of 13 batches as a finished epoch of 6)
+        if samples == 0 or (same_world and whole_epoch):
+            return
         differ = []
         if batch_size != self.batch_size:
             differ.append(f"batch size {batch_size} (this run: {self.batch_size})")
         if replicas is not None and replicas != world:
-            differ.append(f"{replicas} processes (this run: {world})")
+            differ.append(f"{replicas} process{'es' if replicas != 1 else ''} (this run: {world})")
         if differ:
             raise ValueError(
                 f"the checkpoint was taken mid-epoch with {' and '.join(differ)}: an exact resume needs the "
-                "same batch size and process count"
+                "same batch size and process count (each process trains its own slice of the epoch); resume "
+                "with those, or from a checkpoint at an epoch boundary"
             )
         skip = getattr(self.sampler, "skip_next", None)
         if skip is None:
@@ -107,4 +114,23 @@ def track_position(loader: ResumePosition, trainer: Any | None) -> ResumePositio
     """
     if trainer is not None:
         loader.batches_trained = functools.partial(batches_trained_this_epoch, trainer)
+    warn_if_one_short_batch(loader)
     return loader
+
+
+def warn_if_one_short_batch(loader: ResumePosition) -> None:
+    """Warn (once per setting) when the training batch size exceeds this process's share of the
+    training set: every epoch is then one short batch, which a user rarely means."""
+    try:
+        samples = len(loader.sampler)
+    except TypeError:  # a sampler without a length
+        return
+    batch_size = int(loader.batch_size or 1)
+    if 0 < samples < batch_size:
+        world = loader._num_replicas()
+        share = f" per process ({world} processes)" if world > 1 else ""
+        rank_zero_warn(
+            f"batch_size={batch_size} is larger than the training set ({samples} samples{share}): every epoch is one "
+            "batch of them; lower --data.init_args.batch_size",
+            category=UserWarning,
+        )

@@ -291,3 +291,39 @@ def test_under_ddp_both_ranks_stop_at_the_same_step(tmp_path):
     assert r0["global_step"] == r1["global_step"] == 4
     for key, value in r0["params"].items():  # the bad step skipped on both: the same finite weights
         assert torch.equal(value, r1["params"][key]) and torch.isfinite(value).all(), key
+
+
+# ---------------------------------------------------------------------------------- evaluation data (issue 20)
+def _nan_in_eval_data(dm, index: int = 70):
+    """``dm`` with one NaN input in evaluation sample ``index`` (batch 2 of 32; val and test alike)."""
+    setup = dm.setup
+
+    def setup_then_poison(stage=None):
+        setup(stage)
+        for dataset in (dm.val_dataset, dm.test_dataset):
+            if dataset is not None:
+                dataset.inputs[index, 3] = torch.nan
+
+    dm.setup = setup_then_poison
+    return dm
+
+
+def test_nan_in_the_validation_data_warns_once_naming_the_split_and_the_batch(tmp_path):
+    dm = _nan_in_eval_data(synthetic_dm())
+    model = JointModule(**model_kwargs(dm))
+    trainer = cpu_trainer(tmp_path, max_epochs=3, callbacks=[FiniteGuard()])
+    with pytest.warns(
+        UserWarning, match=r"the val data holds NaN or inf inputs \(first in val batch 2\)"
+    ) as record:
+        trainer.fit(model, datamodule=dm)
+    assert sum("the val data holds NaN" in str(w.message) for w in record) == 1  # once, not every epoch
+    assert torch.isnan(trainer.callback_metrics["val/loss"])  # what the warning explains
+    with pytest.warns(UserWarning, match=r"the test data holds NaN or inf inputs \(first in test batch 2\)"):
+        trainer.test(model, datamodule=dm, verbose=False)
+
+
+def test_clean_validation_data_gives_no_warning(tmp_path, recwarn):
+    dm = synthetic_dm()
+    trainer = cpu_trainer(tmp_path, max_epochs=1, callbacks=[FiniteGuard()])
+    trainer.fit(JointModule(**model_kwargs(dm)), datamodule=dm)
+    assert not [w for w in recwarn if "holds NaN or inf inputs" in str(w.message)]

@@ -208,3 +208,45 @@ def test_the_position_read_names_the_lightning_version_when_the_loop_changed():
     )
     with pytest.raises(RuntimeError, match=rf"lightning {lightning.__version__}: .*batch_progress"):
         batches_trained_this_epoch(trainer)
+
+
+# ---------------------------------------------------------------------------------- issue 20
+def test_a_batch_larger_than_the_training_set_warns_once(recwarn):
+    dm = SyntheticLTDataModule(
+        num_classes=4,
+        feature_dim=8,
+        max_count=40,
+        imbalance_ratio=4,
+        test_per_class=5,
+        batch_size=10_000,
+        seed=0,
+    )
+    with pytest.warns(UserWarning, match=r"batch_size=10000 is larger than the training set \(\d+ samples\)"):
+        loader = dm.train_dataloader()
+    assert len(loader) == 1  # what the warning is about: one batch an epoch
+    small = SyntheticLTDataModule(
+        num_classes=4, feature_dim=8, max_count=40, imbalance_ratio=4, test_per_class=5, batch_size=8, seed=0
+    )
+    recwarn.clear()
+    small.train_dataloader()
+    assert not [w for w in recwarn if "larger than the training set" in str(w.message)]
+
+
+def test_a_process_count_change_mid_epoch_names_the_count_it_was_taken_with():
+    state = {"samples_done": 8, "batch_size": 4, "num_replicas": 1}
+    with pytest.raises(ValueError, match=r"taken mid-epoch with 1 process \(this run: 2\)"):
+        _loader("instance", num_replicas=2, rank=1).load_state_dict(state)
+
+
+def test_a_position_that_fills_the_epoch_of_another_process_count_is_refused_not_taken_for_an_epoch_end():
+    # 1 process, 6 of its 13 batches trained; with 2 processes an epoch is 7 batches per rank: 6 x 4
+    # samples would be (almost) a whole epoch there, but it is half of the 1-process one
+    one = _loader("stratified")
+    two = _loader("stratified", num_replicas=2, rank=0)
+    whole = len(two) * 4
+    state = {"samples_done": whole, "batch_size": 4, "num_replicas": 1}
+    assert whole < len(one) * 4
+    with pytest.raises(ValueError, match=r"taken mid-epoch with 1 process \(this run: 2\)"):
+        two.load_state_dict(state)
+    two.load_state_dict({**state, "num_replicas": 2})  # the same world: a finished epoch, accepted
+    assert _batches(two) == _batches(_loader("stratified", num_replicas=2, rank=0))
