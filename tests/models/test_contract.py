@@ -77,6 +77,11 @@ CASES: dict[str, tuple[dict, Build, str]] = {
         "TauNormModule",
     ),
     "NCMModule": ({}, lambda dm, s1: models.NCMModule(**stage2_kwargs(dm, s1)), "NCMModule"),
+    "WeightBalancingModule": (
+        {},
+        lambda dm, s1: models.WeightBalancingModule(**stage2_kwargs(dm, s1, lr_schedule=COSINE)),
+        "WeightBalancingModule",
+    ),
     "DecoupledModule": (
         {"sampler": "stratified"},
         lambda dm, s1: models.DecoupledModule(mode="lws", **stage2_kwargs(dm, s1, lr_schedule=COSINE)),
