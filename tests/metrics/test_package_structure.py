@@ -83,6 +83,7 @@ def _check_report(report):
     assert report["package"] == {
         "NeuralCollapse": "ABCMeta",
         "ShotAccuracy": "ABCMeta",
+        "ShotCalibration": "ABCMeta",
         "functional": "module",
         "minority_collapse": "function",
         "neural_collapse": "function",
