@@ -79,6 +79,5 @@ def _seli_geometry(
                 if key not in grams or idx.numel() < 2 or k < 2:
                     out[f"seli_{key}/{name}"] = nan
                     continue
-                block = lambda m: m[idx][:, idx]  # noqa: E731
-                out[f"seli_{key}/{name}"] = _distance(block(grams[key]), block(targets[key]))
+                out[f"seli_{key}/{name}"] = _distance(grams[key][idx][:, idx], targets[key][idx][:, idx])
     return out
