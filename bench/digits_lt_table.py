@@ -26,6 +26,9 @@ FIT = ["joint", "fixed_etf", "fixed_etf_ce", "tde", "implicit_etf", "crt", "lws"
 #: the long-tail losses on JointModule (issue 12); their rows also report minority collapse
 LT_LOSSES = ["logit_adjust", "logit_adjust_posthoc", "balanced_softmax", "ldam_drw"]
 FIT += LT_LOSSES
+#: weight balancing (Alshammari et al.): stage 1 with the larger weight decay, then MaxNorm stage 2 on it
+WEIGHT_BALANCING = ["weight_balancing", "weight_balancing_maxnorm"]
+FIT += WEIGHT_BALANCING
 TEST_ONLY = ["tau_norm", "ncm"]
 KEYS = ["acc", "many_acc", "medium_acc", "few_acc"]
 #: train-set minority-collapse measurements at the last epoch (see lt_lightning.metrics.minority_collapse)

@@ -16,6 +16,7 @@ def test_notebooks_exist():
         "02_neural_collapse",
         "03_decoupling",
         "04_minority_collapse",
+        "05_beyond",
     ]
 
 

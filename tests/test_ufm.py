@@ -35,3 +35,24 @@ def test_implicit_etf_collapses_fastest():
 def test_steps_to_reach():
     assert steps_to_reach([3, 0.5, 2, 0.4, 0.2], 1.0) == 4
     assert steps_to_reach([3, 2], 1.0) is None
+
+
+@pytest.mark.slow
+def test_imbalanced_ce_approaches_seli_and_a_fixed_etf_stays_at_the_etf():
+    # Thrampoulidis et al. 2022 on the UFM: counts 40/19/9/4/2, CE with a small weight decay
+    setting = {"num_classes": 5, "per_class": 40, "imbalance_ratio": 20.0, "dim": 10, "seed": 0}
+    learned = run_ufm("learned", steps=1500, weight_decay=1e-3, measure_every=500, **setting)
+    assert learned.accuracy[-1] == 1.0
+    # far closer to SELI than to the ETF, for the classifier and the class means
+    assert learned.seli_w[-1] < 0.5 * learned.etf_w[-1] and learned.etf_w[-1] > 0.3
+    assert learned.seli_h[-1] < 0.25 and learned.seli_wh[-1] < 0.15
+    assert learned.seli_w[-1] < learned.seli_w[0]  # and still getting closer
+    fixed = run_ufm("fixed_etf", steps=200, weight_decay=1e-3, measure_every=200, **setting)
+    assert fixed.etf_w[-1] < 1e-6 and fixed.seli_w[-1] > 0.3  # the fixed ETF never moves toward SELI
+
+
+def test_measure_every_keeps_the_last_step():
+    res = run_ufm("learned", num_classes=3, per_class=4, dim=4, steps=7, measure_every=3)
+    assert len(res.nc1) == len(res.seli_w) == len(res.etf_w) == 3  # steps 3, 6 and the last, 7
+    with pytest.raises(ValueError, match="measure_every must be a positive integer"):
+        run_ufm("learned", steps=1, measure_every=0)

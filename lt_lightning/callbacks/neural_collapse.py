@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -19,6 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 import lt_lightning.callbacks.plots as plots
+from lt_lightning.callbacks.layers import LayerCollapse, check_layer_names
 from lt_lightning.loops import evaluation_mode, evaluation_pass
 from lt_lightning.metrics.neural_collapse import NeuralCollapse
 from lt_lightning.metrics.shot_accuracy import ShotAccuracy
@@ -90,7 +91,10 @@ class NeuralCollapseCallback(Callback):
     ``nc/{split}/{key}`` for every neural-collapse key (``nc1``, ``nc2``, ``nc2_h``, ``nc3``, ``nc4``,
     ``bias_collapse``, ``equinorm_w``, ``equinorm_h``, ``cdnv``) and its ``/many``, ``/medium``, ``/few``
     variants, the minority-collapse keys ``mc_*`` (``MINORITY_COLLAPSE_KEYS``), plus ``nc/{split}/acc``,
-    ``balanced_acc``, ``many_acc``, ``medium_acc``, ``few_acc``.
+    ``balanced_acc``, ``many_acc``, ``medium_acc``, ``few_acc``; the SELI distances ``seli_w``, ``seli_h``,
+    ``seli_wh`` (Thrampoulidis et al. 2022; per group too) come with the neural-collapse keys. With
+    ``layers``: ``nc/{split}/nc1/layer/{name}`` and the traces ``tr_sw`` / ``tr_sb`` of Σ_W and Σ_B
+    (:mod:`lt_lightning.callbacks.layers`), from forward hooks on the same first pass.
     Figures (global rank zero only): class-mean Gram vs the simplex ETF, classifier-vs-mean cosines,
     norms vs class size, minority collapse (cosines and norms by shot group) and per-class accuracy vs
     class size — sent to a ``WandbLogger`` with
@@ -115,6 +119,9 @@ class NeuralCollapseCallback(Callback):
         max_batches: read at most this many batches per split and rank (None: all) — a cheaper, partial
             measurement.
         cache_features: keep first-pass features for ``nc4`` instead of a second forward pass.
+        layers: module names (``pl_module.get_submodule`` paths, e.g. ``"backbone.layer2"``) whose
+            outputs' NC1 is measured on the same pass (conv maps average-pooled to ``[N, C]``).
+        flatten_layers: flatten conv maps instead of pooling them (the ``[C, C]`` scatter grows as C²).
         rtol, global_mean: passed to :class:`~lt_lightning.metrics.NeuralCollapse`.
     """
 
@@ -127,6 +134,8 @@ class NeuralCollapseCallback(Callback):
         cache_features: bool = False,
         rtol: float | None = None,
         global_mean: Literal["sample", "class"] = "sample",
+        layers: Sequence[str] | None = None,
+        flatten_layers: bool = False,
     ) -> None:
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
@@ -145,6 +154,8 @@ class NeuralCollapseCallback(Callback):
         self.cache_features = cache_features
         self.rtol = rtol
         self.global_mean = global_mean
+        self.layers = check_layer_names(layers)
+        self.flatten_layers = flatten_layers
 
     # ------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -233,11 +244,15 @@ class NeuralCollapseCallback(Callback):
         ).to(device)
         acc = ShotAccuracy(num_classes, shot_groups=groups).to(device)
         cache: list[tuple[Tensor, Tensor, Tensor]] = []
-        for (features, logits), y in self._pass(trainer, pl_module, loader):
-            nc.update(features, y)
-            acc.update(logits, y)
-            if self.cache_features:
-                cache.append((features, y, logits))
+        tracked = self._layer_collapse(pl_module, num_classes)
+        with tracked.hooked() if tracked is not None else contextlib.nullcontext():
+            for (features, logits), y in self._pass(trainer, pl_module, loader):
+                nc.update(features, y)
+                acc.update(logits, y)
+                if tracked is not None:
+                    tracked.update(y)
+                if self.cache_features:
+                    cache.append((features, y, logits))
         means, seen = nc.freeze_class_means(return_counts=True)
         second: Iterable[tuple[Tensor, Tensor, Tensor]] = cache
         if not self.cache_features:
@@ -246,6 +261,8 @@ class NeuralCollapseCallback(Callback):
             nc.update_nc4(features, y, logits)
         nc.set_classifier(weight, bias)
         computed = {**nc.compute(), **acc.compute()}  # 0-d float64 tensors
+        if tracked is not None:
+            computed.update(tracked.compute())
         keys = list(computed)
         values = dict(zip(keys, torch.stack([computed[k].reshape(()).double() for k in keys]).tolist()))
         for key in ("many_classes", "medium_classes", "few_classes"):
@@ -272,7 +289,25 @@ class NeuralCollapseCallback(Callback):
             figures[f"nc/{split}/accuracy_vs_class_size"] = plots.accuracy_vs_class_size_figure(
                 per_class_acc.cpu(), class_counts, title
             )
+            figures[f"nc/{split}/gram_vs_seli"] = plots.gram_vs_seli_figure(w, m, n, title)
+            if self.layers:
+                depth = [values[f"nc1/layer/{name}"] for name in self.layers]
+                figures[f"nc/{split}/nc1_vs_depth"] = plots.nc1_vs_depth_figure(
+                    list(self.layers), depth, title
+                )
         return values, figures
+
+    def _layer_collapse(self, pl_module: LightningModule, num_classes: int) -> LayerCollapse | None:
+        if not self.layers:
+            return None
+        return LayerCollapse(
+            pl_module,
+            self.layers,
+            num_classes,
+            self.flatten_layers,
+            rtol=self.rtol,
+            global_mean=self.global_mean,
+        )
 
     def _log_figures(self, trainer: Trainer, figures: dict[str, Any]) -> None:
         from lightning.pytorch.loggers import WandbLogger

@@ -19,8 +19,11 @@ __all__ = [
     "classifier_mean_cosine_figure",
     "figure_to_array",
     "gram_vs_etf_figure",
+    "gram_vs_seli_figure",
     "minority_collapse_figure",
+    "nc1_vs_depth_figure",
     "norms_vs_class_size_figure",
+    "reliability_figure",
 ]
 
 
@@ -176,6 +179,83 @@ def minority_collapse_figure(
     ax.set_ylabel("norm / mean norm")
     ax.legend(fontsize=6, ncol=2)
     fig.suptitle(f"{title} minority collapse".strip())
+    return fig
+
+
+def gram_vs_seli_figure(
+    weight: Tensor | np.ndarray, means: Tensor | np.ndarray, counts: Tensor | np.ndarray, title: str = ""
+) -> Figure:
+    """The centred Grams ``CW(CW)ᵀ`` and ``CM(CM)ᵀ`` beside their SELI targets ``S`` and ``S⁺`` and the
+    ETF ``C`` (Thrampoulidis et al. 2022; each divided by its Frobenius norm).
+
+    Args:
+        weight: classifier ``[K, d]``; means: class means ``[K, d]``; counts: ``[K]`` class sizes (> 0).
+    """
+    from lt_lightning.metrics.functional.seli import seli_targets
+
+    w, m, n = _np(weight), _np(means), _np(counts)
+    k = w.shape[0]
+    c = np.eye(k) - 1.0 / k
+    targets = {key: t.numpy() for key, t in seli_targets(torch.from_numpy(n)).items()}
+    unit = lambda a: a / max(np.linalg.norm(a), 1e-300)  # noqa: E731
+    rows = [
+        ("classifier CW(CW)ᵀ", unit(c @ w @ w.T @ c), "SELI S", unit(targets["w"])),
+        ("class means CM(CM)ᵀ", unit(c @ m @ m.T @ c), "SELI S⁺", unit(targets["h"])),
+    ]
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    axes = fig.subplots(2, 3)
+    etf = unit(c)
+    for r, (name, measured, target_name, target) in enumerate(rows):
+        scale = max(np.abs(measured).max(), np.abs(target).max(), np.abs(etf).max())
+        for ax, mat, label in zip(
+            axes[r], (measured, target, etf), (name, target_name, "ETF C"), strict=True
+        ):
+            im = ax.imshow(mat, vmin=-scale, vmax=scale, cmap="RdBu_r", interpolation="nearest")
+            ax.set_title(label)
+            ax.set_xlabel("class")
+            ax.set_ylabel("class")
+        fig.colorbar(im, ax=axes[r], shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def nc1_vs_depth_figure(names: Sequence[str], nc1: Sequence[float], title: str = "") -> Figure:
+    """NC1 of each measured layer, in the order given (shallow to deep), on a log scale."""
+    fig = Figure(figsize=(max(4.0, 1.2 * len(names)), 3.5), layout="constrained")
+    ax = fig.subplots()
+    values = _np(list(nc1))
+    ax.plot(range(len(names)), values, "o-")
+    if np.all(values[np.isfinite(values)] > 0) and np.isfinite(values).any():
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), list(names), rotation=30, ha="right")
+    ax.set_ylabel("NC1 (tr(Σ_W Σ_B⁺)/K)")
+    ax.set_title(f"{title}: NC1 against depth" if title else "NC1 against depth")
+    return fig
+
+
+def reliability_figure(reliability: dict[str, Tensor], title: str = "") -> Figure:
+    """Reliability diagrams (accuracy against mean confidence per bin) overall and per shot group, from
+    :meth:`lt_lightning.metrics.ShotCalibration.reliability`."""
+    count, acc, conf = (_np(reliability[k]) for k in ("count", "accuracy", "confidence"))
+    names = ["all", "many", "medium", "few"][: count.shape[0]]
+    fig = Figure(figsize=(3.2 * len(names), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
+    bins = count.shape[1] - 1
+    centres = (np.arange(bins + 1) + 0.5) / bins
+    for ax, name, n, a, p in zip(axes, names, count, acc, conf, strict=True):
+        full = n > 0
+        ax.bar(centres[full], a[full], width=1.0 / bins, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot(p[full], a[full], "r.", label="(confidence, accuracy)")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ece = np.abs(n[full] * (a[full] - p[full])).sum() / max(n.sum(), 1)
+        ax.set_title(f"{name}: ECE {ece:.3f}")
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=7)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

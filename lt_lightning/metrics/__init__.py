@@ -5,6 +5,7 @@ The modules of this package import only ``functional``'s submodules, :mod:`lt_li
 """
 
 from lt_lightning.metrics import functional
+from lt_lightning.metrics.calibration import ShotCalibration
 from lt_lightning.metrics.neural_collapse import NeuralCollapse
 from lt_lightning.metrics.shot_accuracy import ShotAccuracy
 
@@ -17,6 +18,7 @@ shot_accuracy = functional.shot_accuracy
 __all__ = [
     "NeuralCollapse",
     "ShotAccuracy",
+    "ShotCalibration",
     "functional",
     "minority_collapse",
     "neural_collapse",

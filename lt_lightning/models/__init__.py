@@ -8,6 +8,7 @@ from lt_lightning.models.decoupled import (
     NCMModule,
     Stage2Module,
     TauNormModule,
+    WeightBalancingModule,
 )
 from lt_lightning.models.fixed_etf import FixedETFModule
 from lt_lightning.models.implicit_etf import ImplicitETFModule
@@ -28,5 +29,6 @@ __all__ = [
     "Stage2Module",
     "TDEModule",
     "TauNormModule",
+    "WeightBalancingModule",
     "load_module_from_checkpoint",
 ]

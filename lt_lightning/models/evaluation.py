@@ -1,4 +1,6 @@
-"""The evaluation steps every method shares: loss, top-1, balanced and many/medium/few accuracy."""
+"""The evaluation steps every method shares: loss, top-1, balanced and many/medium/few accuracy, and
+calibration: ``{val,test}/ece`` (torchmetrics' ``MulticlassCalibrationError``, 15 bins, L1) with
+``ece/many|medium|few`` and ``precision/many|medium|few`` (:class:`~lt_lightning.metrics.ShotCalibration`)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import warnings
 from collections.abc import Sequence
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassCalibrationError
 
-from lt_lightning.metrics import ShotAccuracy
+from lt_lightning.metrics import ShotAccuracy, ShotCalibration
+from lt_lightning.metrics.functional.calibration import DEFAULT_ECE_BINS
 
 __all__ = ["EvaluationSteps"]
 
@@ -22,10 +26,32 @@ class EvaluationSteps:
     val_metrics: ShotAccuracy
     test_metrics: ShotAccuracy
 
+    def calibration_metrics(
+        self, prefix: str, like: Tensor
+    ) -> tuple[MulticlassCalibrationError, ShotCalibration]:
+        """The split's calibration metrics, made on first use (``K`` from ``like`` ``[B, K]``, on its device):
+        built here, not in ``__init__``, so every method gets them; their states are not saved."""
+        name = f"{prefix}_calibration"
+        if name not in self._modules:  # type: ignore[attr-defined]
+            k = like.shape[1]
+            pair = nn.ModuleList(
+                [
+                    MulticlassCalibrationError(k, n_bins=DEFAULT_ECE_BINS, norm="l1", validate_args=False),
+                    ShotCalibration(k, num_bins=DEFAULT_ECE_BINS),
+                ]
+            ).to(like.device)
+            self.add_module(name, pair)  # type: ignore[attr-defined]
+        overall, groups = self._modules[name]  # type: ignore[attr-defined]
+        return overall, groups
+
     def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: ShotAccuracy, prefix: str) -> Tensor:
         x, y = batch
         logits = self(x)
         metrics.update(logits, y)
+        overall, groups = self.calibration_metrics(prefix, logits)
+        # probabilities, not logits: torchmetrics takes inputs inside [0, 1] for probabilities as they are
+        overall.update(logits.detach().float().softmax(dim=1), y)
+        groups.update(logits.detach(), y)
         loss = F.cross_entropy(logits, y)
         self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return logits
@@ -39,6 +65,13 @@ class EvaluationSteps:
     def log_shot_metrics(self, metrics: ShotAccuracy, prefix: str) -> dict[str, Tensor]:
         """Log ``{prefix}/acc``, balanced and many/medium/few accuracy of ``metrics``, then reset it."""
         values = metrics.compute()  # reduced across ranks by torchmetrics: identical everywhere
+        pair = self._modules.get(f"{prefix}_calibration")  # type: ignore[attr-defined]
+        if pair is not None and pair[1].update_called:
+            overall, groups = pair
+            groups.class_group = metrics.class_group  # the groups the module evaluates with
+            values = {**values, **groups.compute(), "ece": overall.compute().double()}
+            overall.reset()
+            groups.reset()
         self.log_reduced({f"{prefix}/{k}": v for k, v in values.items()})
         metrics.reset()
         return values

@@ -77,6 +77,11 @@ CASES: dict[str, tuple[dict, Build, str]] = {
         "TauNormModule",
     ),
     "NCMModule": ({}, lambda dm, s1: models.NCMModule(**stage2_kwargs(dm, s1)), "NCMModule"),
+    "WeightBalancingModule": (
+        {},
+        lambda dm, s1: models.WeightBalancingModule(**stage2_kwargs(dm, s1, lr_schedule=COSINE)),
+        "WeightBalancingModule",
+    ),
     "DecoupledModule": (
         {"sampler": "stratified"},
         lambda dm, s1: models.DecoupledModule(mode="lws", **stage2_kwargs(dm, s1, lr_schedule=COSINE)),
@@ -255,7 +260,9 @@ def test_learns_the_synthetic_problem(name, stage1_ckpt, tmp_path):
     before = _training_loss(model, dm)
     trainer = cpu_trainer(tmp_path, max_epochs=8)
     trainer.fit(model, datamodule=dm)
-    if not isinstance(model, models.LWSModule):  # LWS starts at the trained stage-1 classifier's loss
+    # LWS and weight balancing start at the trained stage-1 classifier (and the latter trades its plain
+    # CE for the class-balanced loss under MaxNorm)
+    if not isinstance(model, (models.LWSModule, models.WeightBalancingModule)):
         assert _training_loss(model, dm) < 0.7 * before
     res = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert res["test/acc"] > 1.0 / dm.num_classes + 0.4, res

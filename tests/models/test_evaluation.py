@@ -69,3 +69,37 @@ def test_accuracy_counts_stay_exact_under_bf16_true(tmp_path):
     assert res["test/acc"] == pytest.approx(
         (pred == dm.test_dataset.targets).double().mean().item(), abs=1e-6
     )
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_evaluation_logs_calibration_and_group_precision(tmp_path, stage):
+    from sklearn.metrics import precision_score
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from tests.metrics.test_calibration import numpy_ece
+
+    dm = synthetic_dm(many_threshold=40, few_threshold=25)
+    torch.manual_seed(0)
+    model = JointModule(**model_kwargs(dm))
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    prefix = "val" if stage == "validate" else "test"
+    res = getattr(trainer, stage)(model, datamodule=dm, verbose=False)[0]
+    dm.setup("test")
+    x, y = dm.test_dataset.inputs, dm.test_dataset.targets
+    model.eval()
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    ece = multiclass_calibration_error(probs, y, dm.num_classes, n_bins=15, norm="l1").item()
+    assert res[f"{prefix}/ece"] == pytest.approx(ece, abs=1e-6)
+    conf, pred, target = probs.max(1).values.numpy(), probs.argmax(1).numpy(), y.numpy()
+    precision = precision_score(
+        target, pred, labels=list(range(dm.num_classes)), average=None, zero_division=0
+    )
+    groups = np.asarray(dm.shot_groups)
+    for g, name in enumerate(("many", "medium", "few")):
+        members = np.flatnonzero(groups == g)
+        keep = np.isin(target, members)
+        expected = numpy_ece(conf[keep], (pred == target)[keep].astype(float))
+        assert res[f"{prefix}/ece/{name}"] == pytest.approx(expected, abs=1e-6), name
+        assert res[f"{prefix}/precision/{name}"] == pytest.approx(precision[members].mean(), abs=1e-6), name

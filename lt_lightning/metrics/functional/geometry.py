@@ -39,6 +39,7 @@ from lt_lightning.metrics.functional.minority_collapse import (
     _minority_collapse_geometry,
 )
 from lt_lightning.metrics.functional.nc_state import _neural_collapse_global_mean
+from lt_lightning.metrics.functional.seli import SELI_KEYS, _seli_geometry
 from lt_lightning.spec import SHOT_GROUP_NAMES
 
 __all__ = ["NC_KEYS", "UndefinedMetricWarning"]
@@ -208,10 +209,18 @@ def _neural_collapse_compute(
         mu_g = _neural_collapse_global_mean(counts[idx], sums[idx], global_mean)
         hbar = sums[idx] / counts[idx][:, None] - mu_g
         results.update(_minority_collapse_geometry(w, hbar, cg[idx]))
+    # SELI (Thrampoulidis et al. 2022): the label geometry of the counts measured, from the class means
+    use = torch.nonzero(classes).flatten()
+    w_use = None if weight is None else weight.detach().to(dev, _F64)[use]
+    groups_use = None if class_group is None else class_group.to(dev)[use]
+    results.update(_seli_geometry(counts[use], sums[use] / counts[use][:, None], w_use, groups_use))
     ordered = list(NC_KEYS)
     if class_group is not None:
         ordered += [f"{key}/{name}" for name in SHOT_GROUP_NAMES for key in NC_KEYS]
         ordered += list(MINORITY_COLLAPSE_KEYS)
+    ordered += list(SELI_KEYS)
+    if class_group is not None:
+        ordered += [f"{key}/{name}" for name in SHOT_GROUP_NAMES for key in SELI_KEYS]
     # One [M] tensor; the results are its 0-d views (distinct tensors, one allocation).
     stacked = torch.stack([results[k].to(_F64).reshape(()) for k in ordered])
     is_nan = stacked[: len(NC_KEYS)].isnan().tolist()  # one host read, once per compute

@@ -79,8 +79,10 @@ def neural_collapse(
 
     Returns:
         ``{"nc1", "nc2", "nc2_h", "nc3", "nc4", "bias_collapse", "equinorm_w", "equinorm_h", "cdnv"}``
-        as floats; with ``shot_groups`` also ``"{key}/{group}"`` for every key and group and the
-        :data:`~lt_lightning.metrics.functional.MINORITY_COLLAPSE_KEYS`.
+        as floats, and the SELI distances ``"seli_w"``, ``"seli_h"``, ``"seli_wh"`` (Thrampoulidis et al.
+        2022, :mod:`~lt_lightning.metrics.functional.seli`; the label geometry of these samples' counts:
+        measure on the training set); with ``shot_groups`` also ``"{key}/{group}"`` for every key and
+        group and the :data:`~lt_lightning.metrics.functional.MINORITY_COLLAPSE_KEYS`.
 
     Warns:
         UndefinedMetricWarning: an overall metric is NaN (e.g. all class means coincide).

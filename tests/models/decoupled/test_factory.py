@@ -14,14 +14,21 @@ from lt_lightning.models import (
     LWSModule,
     NCMModule,
     TauNormModule,
+    WeightBalancingModule,
 )
 from lt_lightning.models.decoupled import MODES, TAU_GRID, decoupled_class
 from tests.models.helpers import cpu_trainer, stage2_kwargs, synthetic_dm
 
-EXPECTED = {"crt": CRTModule, "lws": LWSModule, "tau_norm": TauNormModule, "ncm": NCMModule}
+EXPECTED = {
+    "crt": CRTModule,
+    "lws": LWSModule,
+    "tau_norm": TauNormModule,
+    "ncm": NCMModule,
+    "weight_balancing": WeightBalancingModule,
+}
 
 
-def test_the_modes_table_is_the_four_stage2_classes():
+def test_the_modes_table_is_the_stage2_classes():
     assert MODES == EXPECTED
     assert all(decoupled_class(mode) is cls for mode, cls in EXPECTED.items())
 
