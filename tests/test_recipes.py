@@ -303,6 +303,7 @@ FOLLOWS_LABELS = {
     "yang": "Yang et al. NeurIPS 2022 (ImbalancedLearning)",
     "markou": "Markou et al. (Guiding-Neural-Collapse)",
     "ldam": "Cao et al. NeurIPS 2019 (LDAM-DRW)",
+    "wb": "Alshammari et al. CVPR 2022 (LTR-weight-balancing)",
     "own": "our own composition",
 }
 
