@@ -22,12 +22,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lt_lightning.callbacks import FiniteGuard, PerClassTable, PredictionWriter, SaveConfigToLoggers
 from lt_lightning.checkpoints import load_checkpoint_file
+from lt_lightning.cli.runs import add_run_arguments, apply_run_folder, print_run_outputs
+from lt_lightning.cli.tables import significant
 from lt_lightning.data import LongTailDataModule
 from lt_lightning.models import LongTailModule
 from lt_lightning.models.decoupled import DecoupledModule, decoupled_class
 from lt_lightning.models.loading import checkpoint_class
 from lt_lightning.models.migration import migrate_checkpoint
 from lt_lightning.models.parts import LINKED_FACTS
+from lt_lightning.progress import needs_progress_bar, progress_bar_callback
 
 __all__ = [
     "LINKED_OPTIONS",
@@ -52,8 +55,10 @@ STAGE1_OPTIONS = ("stage1_checkpoint", "stage1_module")
 SEED_PLACEHOLDER = "{seed}"
 
 
-def default_logger(save_dir: str = "runs") -> dict:
-    """The trainer's default logger as a LightningCLI class_path dict."""
+def default_logger(save_dir: str = "runs") -> dict | list[dict]:
+    """The trainer's default logger(s) as LightningCLI class_path dicts: a CSV logger, and W&B beside it
+    unless ``WANDB_MODE=disabled`` or wandb is unavailable (the run folder always holds ``metrics.csv``)."""
+    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": save_dir}}
     try:
         import wandb  # noqa: F401
 
@@ -61,21 +66,26 @@ def default_logger(save_dir: str = "runs") -> dict:
     except ImportError:
         available = False
     if not available or os.environ.get("WANDB_MODE") == "disabled":
-        return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": save_dir}}
-    return {
+        return csv
+    wandb_logger = {
         "class_path": "lt_lightning.loggers.WandbLoggerOfflineSafe",
         "init_args": {"save_dir": save_dir, "project": "lt_lightning"},
     }
+    return [csv, wandb_logger]
 
 
 def format_metrics_table(metrics: Mapping[str, Any], split: str, title: str | None = None) -> str:
-    """A small text table of the ``{split}/…`` summary metrics (and the final NC1) in ``metrics``."""
+    """A small text table of the ``{split}/…`` summary metrics (and the final NC1) in ``metrics``, with 4
+    significant digits; an NC number says the epoch it was measured at (``nc/epoch``, 0-based)."""
     keys = [f"{split}/{k}" for k in SUMMARY_KEYS] + [f"nc/{s}/nc1" for s in ("train", split)]
+    nc_epoch = metrics.get("nc/epoch")
     rows = []
     for key in dict.fromkeys(keys):
         if key in metrics:
-            value = float(metrics[key])
-            rows.append((key, "nan" if math.isnan(value) else f"{value:.4f}"))
+            label = key
+            if key.startswith("nc/") and nc_epoch is not None:
+                label = f"{key} (epoch {int(float(nc_epoch))})"
+            rows.append((label, significant(float(metrics[key]))))
     if not rows:
         return ""
     width = max(len(k) for k, _ in rows)
@@ -214,6 +224,9 @@ class LTLightningCLI(LightningCLI):
             help="fit: delete the *.ckpt files a previous run left in the checkpoint folders and start "
             "afresh (default: refuse to start there)",
         )
+        add_run_arguments(parser)  # --run_dir, --run_group (lt_lightning.cli.runs)
+        if any(getattr(a, "dest", None) == "verbose" for a in parser._actions):
+            parser.set_defaults(verbose=False)  # validate/test: our 4-digit table instead of Lightning's
 
     # ---- the checkpoint's hyper-parameters over the config ---------------------------------------------
     def parse_arguments(self, parser, args) -> None:
@@ -312,7 +325,9 @@ class LTLightningCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        self._complete_config()
+        config = self._complete_config()
+        #: the folder of everything this run writes (lt_lightning.cli.runs)
+        self.run_dir = apply_run_folder(config, self.config.get("subcommand") or "fit")
 
     def _complete_config(self, seed_known: bool = True) -> Namespace:
         """The subcommand's config with ``--ckpt_path`` back, ``{seed}`` filled in (unless the seed is not
@@ -326,6 +341,13 @@ class LTLightningCLI(LightningCLI):
             substitute_seed(config, seed)
         _plain_dict_options(config.get("model"))
         return config
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        if needs_progress_bar((config or {}).get("trainer")):  # loss/acc on a terminal, lines in a file
+            defaults = self.trainer_defaults.get("callbacks") or []
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults, progress_bar_callback()]}
+        return super().instantiate_trainer(**kwargs)
 
     # ---- runs -------------------------------------------------------------------------------------------
     def _warn_if_untrained(self, sub: str) -> None:
@@ -387,6 +409,28 @@ class LTLightningCLI(LightningCLI):
             self.final_metrics.update(test)
             if trainer.is_global_zero:
                 print("\n" + format_metrics_table(test, "test", "test metrics (final model)"))
+        self._print_run_folder()
+
+    def after_validate(self) -> None:
+        self._print_eval_table("val", "validation metrics")
+        self._print_run_folder()
+
+    def after_test(self) -> None:
+        self._print_eval_table("test", "test metrics")
+        self._print_run_folder()
+
+    def _print_eval_table(self, split: str, title: str) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        table = format_metrics_table(metrics, split, title)
+        if table and self.trainer.is_global_zero:
+            print("\n" + table)
+
+    def after_predict(self) -> None:
+        self._print_run_folder()
+
+    def _print_run_folder(self) -> None:
+        if self.trainer.is_global_zero:
+            print_run_outputs(getattr(self, "run_dir", None))
 
 
 def _cli(cls: type[LTLightningCLI], args: Sequence[str] | None, run: bool) -> LTLightningCLI:
