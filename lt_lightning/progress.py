@@ -99,11 +99,13 @@ def interactive() -> bool:
     return bool(getattr(sys.stdout, "isatty", lambda: False)())
 
 
-def _bar_metrics(trainer: Any) -> dict[str, float]:
-    """The :data:`BAR_METRICS` the trainer holds now (one host read per metric, per refresh)."""
+def _bar_metrics(trainer: Any, epoch: bool = False) -> dict[str, float]:
+    """The :data:`BAR_METRICS` the trainer holds now (one host read per metric, per refresh); ``epoch``:
+    the epoch's mean loss before the last step's."""
     out: dict[str, float] = {}
     metrics = trainer.callback_metrics
-    for key, short in BAR_METRICS:
+    order = sorted(BAR_METRICS, key=lambda m: m[0] != "train/loss_epoch") if epoch else BAR_METRICS
+    for key, short in order:
         if short not in out and key in metrics:
             out[short] = float(metrics[key])
     return out
@@ -144,7 +146,7 @@ class EpochLines(ProgressBar):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        values = "  ".join(f"{k} {v:.4g}" for k, v in _bar_metrics(trainer).items())
+        values = "  ".join(f"{k} {v:.4g}" for k, v in _bar_metrics(trainer, epoch=True).items())
         took = time.perf_counter() - self._start
         self._print(trainer, f"epoch {trainer.current_epoch + 1}/{total}  {values}  ({took:.1f} s)")
 

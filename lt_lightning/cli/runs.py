@@ -20,7 +20,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 
-__all__ = ["add_run_arguments", "apply_run_folder", "print_run_outputs", "run_identity"]
+__all__ = ["add_run_arguments", "apply_run_folder", "follows", "print_run_outputs", "run_identity"]
 
 _CSV = "lightning.pytorch.loggers.CSVLogger"
 _CSV_ALIASES = (_CSV, "lightning.pytorch.loggers.csv_logs.CSVLogger", "CSVLogger")
@@ -48,10 +48,31 @@ def add_run_arguments(parser: Any) -> None:
     )
 
 
-def run_identity(config: Namespace) -> tuple[str, str]:
-    """``(dataset, method)`` of a subcommand's config: the config file's folder and name."""
+def _config_file(config: Namespace) -> str | None:
     files = [os.fspath(getattr(p, "absolute", p)) for p in (config.get("config") or [])]
     files = [f for f in files if not os.path.basename(f).startswith("_")] or files
+    return files[-1] if files else None
+
+
+def follows(config_file: str | None) -> str | None:
+    """Whose recipe a shipped config follows (``configs/RECIPES.yaml``: ``kang``, ``tang``, ``own``, …)."""
+    if not config_file:
+        return None
+    folder = os.path.dirname(os.path.abspath(config_file))
+    table = os.path.join(os.path.dirname(folder), "RECIPES.yaml")
+    if not os.path.isfile(table):
+        return None
+    import yaml
+
+    with open(table) as f:
+        recipes = (yaml.safe_load(f) or {}).get("configs") or {}
+    key = f"{os.path.basename(folder)}/{os.path.splitext(os.path.basename(config_file))[0]}"
+    return (recipes.get(key) or {}).get("follows")
+
+
+def run_identity(config: Namespace) -> tuple[str, str]:
+    """``(dataset, method)`` of a subcommand's config: the config file's folder and name."""
+    files = [f for f in [_config_file(config)] if f]
     if files:
         path = files[-1]
         return os.path.basename(os.path.dirname(path)) or "runs", os.path.splitext(os.path.basename(path))[0]
@@ -91,7 +112,8 @@ def apply_run_folder(config: Namespace, sub: str) -> str:
 
     The default logger (CSV, and W&B when enabled) writes to the folder itself (no
     ``lightning_logs/version_N``); a logger the user configured with another ``save_dir`` is left alone.
-    W&B runs get a name ``<dataset>/<method>/seed<s>``, the ``--run_group`` and tags (method, dataset).
+    W&B runs get a name ``<dataset>/<method>/seed<s>``, the ``--run_group`` and tags (method, dataset and
+    the recipe the config follows, from ``configs/RECIPES.yaml``).
     """
     explicit = config.get("run_dir")
     run_dir = explicit or _default_run_dir(config, sub)
@@ -111,7 +133,9 @@ def apply_run_folder(config: Namespace, sub: str) -> str:
         elif logger.class_path in _WANDB:
             args.name = args.get("name") or f"{dataset}/{method}/{_seed_name(config)}"
             args.group = args.get("group") or config.get("run_group")
-            args.tags = args.get("tags") or [f"method:{method}", f"dataset:{dataset}"]
+            recipe = follows(_config_file(config))
+            tags = [f"method:{method}", f"dataset:{dataset}"] + ([f"follows:{recipe}"] if recipe else [])
+            args.tags = args.get("tags") or tags
     return run_dir
 
 

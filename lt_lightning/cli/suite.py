@@ -31,6 +31,7 @@ from lt_lightning.cli.executors import EXECUTORS, Runner, read_record, run_waves
 from lt_lightning.cli.lightning_cli import config_class, parse_config
 from lt_lightning.cli.summary import write_suite_summary
 from lt_lightning.models import Stage2Module
+from lt_lightning.progress import quiet_third_party
 
 __all__ = ["Run", "plan_suite", "run_suite", "stage1_config"]
 
@@ -224,6 +225,7 @@ def run_suite(
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Parse ``argv`` (the arguments after ``suite``), run the suite, write and return its summary."""
+    quiet_third_party()
     if opts is None:
         opts, overrides = _parser().parse_known_args(list(argv or ()))
     began = time.perf_counter()

@@ -129,7 +129,7 @@ def _figure(runs: Sequence[dict[str, Any]], path: Path) -> None:
         ax.bar(xs, means, width, yerr=errs, capsize=3, label=name)
     ax.set_xticks(range(len(methods)), [_label(c) for c in methods], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 118)  # room for the legend above the bars
     ax.legend(fontsize=8, ncols=3, loc="upper right")
     ax.set_title("many / medium / few-shot accuracy (mean ± sample std over seeds)", fontsize=9)
     fig.tight_layout()
