@@ -120,9 +120,19 @@ def test_third_party_noise_is_filtered_and_our_warnings_are_not():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_third_party()
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use x instead.", DeprecationWarning)
-        warnings.warn("LightningCLI's args parameter is intended to run from within Python like if it were", UserWarning)
-        warnings.warn("lt-lightning test without --ckpt_path: the numbers below score an UNTRAINED model", UserWarning)
+        warnings.warn(
+            "`isinstance(treespec, LeafSpec)` is deprecated, use x instead.", DeprecationWarning, stacklevel=2
+        )
+        warnings.warn(
+            "LightningCLI's args parameter is intended to run from within Python like if it were",
+            UserWarning,
+            stacklevel=2,
+        )
+        warnings.warn(
+            "lt-lightning test without --ckpt_path: the numbers below score an UNTRAINED model",
+            UserWarning,
+            stacklevel=2,
+        )
     assert [str(w.message)[:12] for w in caught] == ["lt-lightning"]
 
 

@@ -121,7 +121,9 @@ def _submitit_executor(kind: str, folder: str, slurm: dict[str, Any]) -> Any:
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params = {k: v for k, v in slurm.items() if v is not None}
     if cluster == "slurm":
-        executor.update_parameters(**{f"slurm_{k}" if not k.startswith("slurm_") else k: v for k, v in params.items()})
+        executor.update_parameters(
+            **{f"slurm_{k}" if not k.startswith("slurm_") else k: v for k, v in params.items()}
+        )
     else:
         executor.update_parameters(timeout_min=int(params.get("timeout_min", 60)))
     return executor
@@ -191,7 +193,9 @@ def run_waves(
         after: dict[str, Any] = {}
         runs = [run for wave in waves for run in wave]
         submitted = [job for wave in waves for job in _submit_slurm_wave(sub, wave, after)]
-        print(f"[lt-lightning suite] submitted {len(submitted)} SLURM jobs: {', '.join(j.job_id for j in submitted)}")
+        print(
+            f"[lt-lightning suite] submitted {len(submitted)} SLURM jobs: {', '.join(j.job_id for j in submitted)}"
+        )
         for job, run in zip(submitted, runs):
             records.append(_result(job, run))
             done(records[-1])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -346,7 +345,10 @@ class LTLightningCLI(LightningCLI):
         config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
         if needs_progress_bar((config or {}).get("trainer")):  # loss/acc on a terminal, lines in a file
             defaults = self.trainer_defaults.get("callbacks") or []
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults, progress_bar_callback()]}
+            self.trainer_defaults = {
+                **self.trainer_defaults,
+                "callbacks": [*defaults, progress_bar_callback()],
+            }
         return super().instantiate_trainer(**kwargs)
 
     # ---- runs -------------------------------------------------------------------------------------------

@@ -26,7 +26,10 @@ __all__ = ["main"]
 #: the commands beside LightningCLI's, as ``--help`` lists them
 EXTRA_COMMANDS = (
     ("seeds", "fit and test one config once per seed; a summary table (lt-lightning seeds --help)"),
-    ("suite", "configs x seeds, stage 1 shared, local or SLURM; summary table and figure (lt-lightning suite --help)"),
+    (
+        "suite",
+        "configs x seeds, stage 1 shared, local or SLURM; summary table and figure (lt-lightning suite --help)",
+    ),
 )
 
 

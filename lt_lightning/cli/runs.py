@@ -144,9 +144,11 @@ def print_run_outputs(run_dir: str | None, extra: tuple[str, ...] = ()) -> str:
     if not run_dir:
         return ""
     present = [n for n in (*_LISTED, *extra) if os.path.exists(os.path.join(run_dir, n))]
-    ckpts = sorted(
-        n for n in os.listdir(run_dir) if n.endswith(".ckpt") and n != "last.ckpt"
-    ) if os.path.isdir(run_dir) else []
+    ckpts = (
+        sorted(n for n in os.listdir(run_dir) if n.endswith(".ckpt") and n != "last.ckpt")
+        if os.path.isdir(run_dir)
+        else []
+    )
     listed = ", ".join(present + ckpts[:2]) or "nothing yet"
     line = f"[lt-lightning] run folder: {run_dir} ({listed})"
     print(line)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lt_lightning.cli.executors import Runner
-from lt_lightning.cli.summary import SUMMARY_COLUMNS, mean_std
 from lt_lightning.cli.suite import _common_options, run_suite
+from lt_lightning.cli.summary import SUMMARY_COLUMNS, mean_std
 from lt_lightning.cli.tables import significant
 
 __all__ = ["SUMMARY_COLUMNS", "run_seeds", "summarize", "summary_markdown"]
@@ -105,7 +105,9 @@ def run_seeds(argv: Sequence[str], runner: Runner | None = None) -> dict[str, An
     suite = run_suite(runner=runner, opts=opts, overrides=overrides)
     main = str(config.resolve())
     rows = [r for r in suite["runs"] if r["config"] == main]
-    per_seed = {r["seed"]: {k: (v if v is not None else float("nan")) for k, v in r["metrics"].items()} for r in rows}
+    per_seed = {
+        r["seed"]: {k: (v if v is not None else float("nan")) for k, v in r["metrics"].items()} for r in rows
+    }
     summary = summarize(per_seed)
     for run, row in zip(summary["runs"], rows):
         run.update({k: row[k] for k in ("run_dir", "status") if k in row})

@@ -35,7 +35,16 @@ from lt_lightning.progress import quiet_third_party
 
 __all__ = ["Run", "plan_suite", "run_suite", "stage1_config"]
 
-_SLURM_OPTIONS = ("partition", "gpus_per_node", "timeout_min", "cpus_per_task", "mem_gb", "nodes", "account", "qos")
+_SLURM_OPTIONS = (
+    "partition",
+    "gpus_per_node",
+    "timeout_min",
+    "cpus_per_task",
+    "mem_gb",
+    "nodes",
+    "account",
+    "qos",
+)
 
 
 @dataclass
@@ -133,7 +142,9 @@ def plan_suite(
     for _, s1, _ in second:
         first.setdefault(s1, shared_overrides(overrides))
     subs = {
-        path: "fit" if config_class(parse_config(["fit", "-c", str(path), *extra])["model"]).trains else "test"
+        path: "fit"
+        if config_class(parse_config(["fit", "-c", str(path), *extra])["model"]).trains
+        else "test"
         for path, extra in first.items()
     }
     implied = {p for p in first if p not in paths}
@@ -143,7 +154,9 @@ def plan_suite(
         seeding += ["--data.init_args.seed", str(seed)] if vary_data_seed else []
         runs: dict[Path, Run] = {}
         for path, extra in first.items():
-            runs[path] = _run(path, seed, subs[path], out_dir, start, group, [*seeding, *extra], implied=path in implied)
+            runs[path] = _run(
+                path, seed, subs[path], out_dir, start, group, [*seeding, *extra], implied=path in implied
+            )
             wave1.append(runs[path])
         for path, s1, sub in second:
             dep = runs[s1]
@@ -155,7 +168,14 @@ def plan_suite(
 
 
 def _run(
-    config: Path, seed: int, sub: str, out: Path, start: str, group: str, args: list[str], implied: bool = False
+    config: Path,
+    seed: int,
+    sub: str,
+    out: Path,
+    start: str,
+    group: str,
+    args: list[str],
+    implied: bool = False,
 ) -> Run:
     run_dir = _method_dir(out, config, seed)
     argv = [sub, "-c", str(config), "--run_dir", str(run_dir), "--run_group", group, *args]
@@ -196,7 +216,9 @@ def _parser(prog: str = "lt-lightning suite") -> argparse.ArgumentParser:
         "once per seed), skip finished runs, and write OUT/summary.json, summary.md and summary.png. "
         "Further arguments are LightningCLI overrides applied to every config (e.g. --trainer.max_epochs 5).",
     )
-    p.add_argument("--configs", nargs="+", required=True, help="method configs, e.g. configs/digits_lt/*.yaml")
+    p.add_argument(
+        "--configs", nargs="+", required=True, help="method configs, e.g. configs/digits_lt/*.yaml"
+    )
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds, e.g. 0 1 2")
     p.add_argument("--out", required=True, help="output folder (OUT/<dataset>/<method>/seed<s>/ per run)")
     _common_options(p)
@@ -210,8 +232,12 @@ def _common_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also set the datamodule's seed (the long-tailed split and sampler order) per seed",
     )
-    p.add_argument("--jobs", type=int, default=1, help="local runs at once (one GPU each when there are several)")
-    p.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default), submitit-local or slurm")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="local runs at once (one GPU each when there are several)"
+    )
+    p.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="local (default), submitit-local or slurm"
+    )
     for name in _SLURM_OPTIONS:
         kind = int if name in ("gpus_per_node", "timeout_min", "cpus_per_task", "mem_gb", "nodes") else str
         p.add_argument(f"--slurm.{name}", dest=f"slurm_{name}", type=kind, default=None, help=f"SLURM {name}")
@@ -286,7 +312,9 @@ def run_suite(
     summary = write_suite_summary(out, rows, meta)
     print((out / "summary.md").read_text())
     failed = [r for r in rows if r["status"] == "failed"]
-    print(f"[lt-lightning suite] summary: {out / 'summary.md'}, {out / 'summary.json'}, {out / 'summary.png'}")
+    print(
+        f"[lt-lightning suite] summary: {out / 'summary.md'}, {out / 'summary.json'}, {out / 'summary.png'}"
+    )
     if failed:
         print(f"[lt-lightning suite] {len(failed)} run(s) failed; run the same command again to retry them:")
         for r in failed:

@@ -121,7 +121,9 @@ def _figure(runs: Sequence[dict[str, Any]], path: Path) -> None:
     for j, (key, name) in enumerate(_SHOTS):
         means, errs = [], []
         for group in methods.values():
-            values = [(r.get("metrics") or {}).get(key, float("nan")) for r in group if r.get("status") != "failed"]
+            values = [
+                (r.get("metrics") or {}).get(key, float("nan")) for r in group if r.get("status") != "failed"
+            ]
             m, s = mean_std(values)
             means.append(100 * m if not math.isnan(m) else 0.0)
             errs.append(100 * s if not math.isnan(s) else 0.0)
@@ -157,7 +159,12 @@ def write_suite_summary(out: Path, runs: Sequence[dict[str, Any]], meta: dict[st
             m, s = mean_std([(r.get("metrics") or {}).get(key, float("nan")) for r in done])
             stats[key] = {"mean": m, "std": s}
         published, source = load_published(config)
-        methods[config] = {"n": len(done), "metrics": stats, "published": published, "published_source": source}
+        methods[config] = {
+            "n": len(done),
+            "metrics": stats,
+            "published": published,
+            "published_source": source,
+        }
     data = {**meta, "runs": list(runs), "methods": methods}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(_json_safe(data), indent=2) + "\n")

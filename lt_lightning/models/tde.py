@@ -155,7 +155,11 @@ class TDEModule(LongTailModule):
                     "checkpoint written after a validation epoch)"
                 )
             self.head.alpha = float(self.selected_alpha)
-        how = "chosen on validation (alpha_from_validation)" if self.hparams.alpha_from_validation else "configured"
+        how = (
+            "chosen on validation (alpha_from_validation)"
+            if self.hparams.alpha_from_validation
+            else "configured"
+        )
         if self.trainer.is_global_zero:
             print(f"[lt-lightning] TDE test: alpha = {float(self.head.alpha):g} ({how})")
 

@@ -25,7 +25,16 @@ from tests.data.formats import write_mnist
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0.65, "0.6500"), (43.1, "43.10"), (1.238, "1.238"), (123.456, "123.5"), (1234.5, "1234"), (0.0001234, "0.0001234"), (0.0, "0.000"), (float("nan"), "nan")],
+    [
+        (0.65, "0.6500"),
+        (43.1, "43.10"),
+        (1.238, "1.238"),
+        (123.456, "123.5"),
+        (1234.5, "1234"),
+        (0.0001234, "0.0001234"),
+        (0.0, "0.000"),
+        (float("nan"), "nan"),
+    ],
 )
 def test_four_significant_digits(value, text):
     assert significant(value) == text
@@ -43,9 +52,17 @@ def test_the_metrics_table_says_the_epoch_of_each_nc_number():
 
 
 def _config(sub_dirpath="runs/digits_lt/joint/seed{seed}", logger_dir="runs"):
-    ckpt = Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath=sub_dirpath))
-    csv = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=logger_dir, name="lightning_logs", version=None))
-    wandb = Namespace(class_path="lt_lightning.loggers.WandbLoggerOfflineSafe", init_args=Namespace(save_dir="runs", name=None))
+    ckpt = Namespace(
+        class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath=sub_dirpath)
+    )
+    csv = Namespace(
+        class_path="lightning.pytorch.loggers.CSVLogger",
+        init_args=Namespace(save_dir=logger_dir, name="lightning_logs", version=None),
+    )
+    wandb = Namespace(
+        class_path="lt_lightning.loggers.WandbLoggerOfflineSafe",
+        init_args=Namespace(save_dir="runs", name=None),
+    )
     return Namespace(
         config=[str(CONFIGS / "digits_lt/_base.yaml"), str(CONFIGS / "digits_lt/joint.yaml")],
         seed_everything=3,
@@ -59,7 +76,11 @@ def test_the_run_folder_of_each_subcommand():
     fit = _config("runs/digits_lt/joint/seed3")
     assert apply_run_folder(fit, "fit") == "runs/digits_lt/joint/seed3"
     csv, wandb = fit.trainer.logger
-    assert (csv.init_args.save_dir, csv.init_args.name, csv.init_args.version) == ("runs/digits_lt/joint/seed3", "", "")
+    assert (csv.init_args.save_dir, csv.init_args.name, csv.init_args.version) == (
+        "runs/digits_lt/joint/seed3",
+        "",
+        "",
+    )
     assert wandb.init_args.name == "digits_lt/joint/seed3" and wandb.init_args.group == "g"
     assert wandb.init_args.tags == ["method:joint", "dataset:digits_lt", "follows:own"]
     test = _config("runs/digits_lt/joint/seed3")
@@ -82,7 +103,12 @@ def test_nc_is_measured_at_the_last_epoch_and_says_which(tmp_path):
             return super().measure(trainer, pl_module)
 
     dm = SyntheticLTDataModule(num_classes=4, feature_dim=8, max_count=40, imbalance_ratio=4, batch_size=32)
-    model = JointModule(num_classes=4, class_counts=dm.class_counts, backbone="mlp", backbone_kwargs={"in_features": 8, "hidden": [16]})
+    model = JointModule(
+        num_classes=4,
+        class_counts=dm.class_counts,
+        backbone="mlp",
+        backbone_kwargs={"in_features": 8, "hidden": [16]},
+    )
     trainer = L.Trainer(
         max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0,
@@ -124,8 +150,12 @@ def test_fit_test_and_predict_each_write_one_folder_and_say_where(tmp_path, monk
     assert (run / "config.yaml").read_text() == fit_config  # the fit's files are left as they were
     build_cli(["predict", "-c", digits("joint"), "--ckpt_path", ckpt, *QUIET])
     out = capsys.readouterr().out
-    assert {"predictions.csv", "predictions.pt", "config.yaml"} <= {p.name for p in (run / "predict").iterdir()}
-    assert "run folder: runs/digits_lt/joint/seed0/predict (config.yaml, predictions.csv, predictions.pt)" in out
+    assert {"predictions.csv", "predictions.pt", "config.yaml"} <= {
+        p.name for p in (run / "predict").iterdir()
+    }
+    assert (
+        "run folder: runs/digits_lt/joint/seed0/predict (config.yaml, predictions.csv, predictions.pt)" in out
+    )
 
 
 @pytest.mark.slow
@@ -134,7 +164,14 @@ def test_seeds_on_mnist_reads_data_dir_against_the_start_directory(tmp_path, mon
     write_mnist(tmp_path / "data", "MNIST", 20, 4)
     monkeypatch.chdir(tmp_path)
     small = ["--trainer.max_epochs", "1", "--trainer.precision", "32", "--trainer.accelerator", "cpu"]
-    small += ["--trainer.devices", "1", "--data.init_args.max_count", "20", "--data.init_args.imbalance_ratio", "4"]
+    small += [
+        "--trainer.devices",
+        "1",
+        "--data.init_args.max_count",
+        "20",
+        "--data.init_args.imbalance_ratio",
+        "4",
+    ]
     small += ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "16", *QUIET]
     main(["seeds", "-c", str(CONFIGS / "mnist_lt/joint.yaml"), "--seeds", "0", "--out", "out", *small])
     summary = json.loads((tmp_path / "out/summary.json").read_text())

@@ -74,7 +74,9 @@ def test_two_stage_post_hoc_config_runs_stage1_per_seed(tmp_path):
     assert stage2_args[stage2_args.index("--model.init_args.seed") + 1] == "3"
     # stage 2 reads the checkpoint of its own seed's stage-1 run folder
     joint3 = tmp_path / "digits_lt/joint/seed3"
-    assert stage2_args[stage2_args.index("--model.init_args.stage1_checkpoint") + 1] == str(joint3 / "last.ckpt")
+    assert stage2_args[stage2_args.index("--model.init_args.stage1_checkpoint") + 1] == str(
+        joint3 / "last.ckpt"
+    )
     assert stage1_args[stage1_args.index("--run_dir") + 1] == str(joint3)
     assert [r["metrics"]["nc/train/nc1"] for r in summary["runs"]] == [4.0, 6.0]  # stage 1's features
     saved = json.loads((tmp_path / "summary.json").read_text())

@@ -49,10 +49,14 @@ def test_the_plan_shares_stage1_per_seed_and_implies_a_missing_one(tmp_path):
         joint = tmp_path / "digits_lt/joint" / f"seed{run.seed}"
         assert run.stage1_run_dir == str(joint)
         assert run.argv[run.argv.index("--model.init_args.stage1_checkpoint") + 1] == str(joint / "last.ckpt")
-        assert run.argv[run.argv.index("--run_dir") + 1] == str(tmp_path / f"digits_lt/{Path(run.config).stem}/seed{run.seed}")
+        assert run.argv[run.argv.index("--run_dir") + 1] == str(
+            tmp_path / f"digits_lt/{Path(run.config).stem}/seed{run.seed}"
+        )
         assert "--trainer.max_epochs" in run.argv
     # cRT alone: its stage 1 (joint.yaml beside it) is implied, with the trainer/data overrides only
-    only = plan_suite([digits("crt")], [3], tmp_path, ["--trainer.max_epochs", "2", "--model.init_args.bn_mode", "frozen"])
+    only = plan_suite(
+        [digits("crt")], [3], tmp_path, ["--trainer.max_epochs", "2", "--model.init_args.bn_mode", "frozen"]
+    )
     (stage1,), (crt,) = only
     assert stage1.implied and Path(stage1.config).name == "joint.yaml"
     assert "--trainer.max_epochs" in stage1.argv and "--model.init_args.bn_mode" not in stage1.argv
@@ -96,10 +100,17 @@ def test_a_rerun_skips_finished_runs_and_reruns_failed_ones(tmp_path):
 def test_the_summary_table_is_mean_and_sample_std_with_published_numbers(tmp_path):
     values = [0.412345, 0.4301, 0.45]
     runs = [
-        {"config": str(CONFIGS / "imagenet_lt/crt.yaml"), "seed": s, "status": "done", "metrics": {"test/acc": v}}
+        {
+            "config": str(CONFIGS / "imagenet_lt/crt.yaml"),
+            "seed": s,
+            "status": "done",
+            "metrics": {"test/acc": v},
+        }
         for s, v in enumerate(values)
     ]
-    runs.append({"config": str(CONFIGS / "imagenet_lt/crt.yaml"), "seed": 3, "status": "failed", "metrics": {}})
+    runs.append(
+        {"config": str(CONFIGS / "imagenet_lt/crt.yaml"), "seed": 3, "status": "failed", "metrics": {}}
+    )
     md = suite_markdown(runs)
     mean, std = 100 * statistics.mean(values), 100 * statistics.stdev(values)
     row = next(line for line in md.splitlines() if line.startswith("| imagenet_lt/crt"))
@@ -130,12 +141,17 @@ def test_a_digits_suite_trains_stage1_once_per_seed_and_reruns_nothing(tmp_path,
     assert len(summary["runs"]) == 8 and {r["status"] for r in summary["runs"]} == {"done"}
     # two joint fits in all: one checkpoint folder per seed, read by cRT and tau-norm of that seed
     joint_ckpts = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("last.ckpt") if "joint" in str(p))
-    assert joint_ckpts == [Path("out/digits_lt/joint/seed0/last.ckpt"), Path("out/digits_lt/joint/seed1/last.ckpt")]
+    assert joint_ckpts == [
+        Path("out/digits_lt/joint/seed0/last.ckpt"),
+        Path("out/digits_lt/joint/seed1/last.ckpt"),
+    ]
     for run in summary["runs"]:
         method = Path(run["config"]).stem
         if method in ("crt", "tau_norm"):
             assert run["stage1_run_dir"] == str(tmp_path / f"out/digits_lt/joint/seed{run['seed']}")
-        assert (Path(run["run_dir"]) / "config.yaml").is_file() and (Path(run["run_dir"]) / "metrics.csv").is_file()
+        assert (Path(run["run_dir"]) / "config.yaml").is_file() and (
+            Path(run["run_dir"]) / "metrics.csv"
+        ).is_file()
     joint0 = next(r for r in summary["runs"] if r["config"].endswith("joint.yaml") and r["seed"] == 0)
     model = load_module_from_checkpoint(str(tmp_path / "out/digits_lt/joint/seed0/last.ckpt"))
     from lt_lightning.cli import build_cli
@@ -160,7 +176,10 @@ def test_the_submitit_local_executor_runs_the_same_suite(tmp_path, monkeypatch):
     argv = ["suite", "--configs", digits("joint"), digits("tau_norm"), "--seeds", "0", "--out", "out"]
     main([*argv, "--executor", "submitit-local", *limits])
     summary = json.loads((tmp_path / "out/summary.json").read_text())
-    assert [(Path(r["config"]).stem, r["status"]) for r in summary["runs"]] == [("joint", "done"), ("tau_norm", "done")]
+    assert [(Path(r["config"]).stem, r["status"]) for r in summary["runs"]] == [
+        ("joint", "done"),
+        ("tau_norm", "done"),
+    ]
     tau = summary["runs"][1]
     assert tau["stage1_run_dir"] == str(tmp_path / "out/digits_lt/joint/seed0")
     assert 0.0 < tau["metrics"]["test/acc"] <= 1.0
@@ -169,3 +188,30 @@ def test_the_submitit_local_executor_runs_the_same_suite(tmp_path, monkeypatch):
     again = json.loads((tmp_path / "out/summary.json").read_text())
     assert {r["status"] for r in again["runs"]} == {"skipped"}
     assert torch.load(tmp_path / "out/digits_lt/joint/seed0/last.ckpt", weights_only=True)["epoch"] == 0
+
+
+def _readme_suite_commands() -> list[list[str]]:
+    import re
+    import shlex
+
+    text = (CONFIGS.parent / "README.md").read_text()
+    blocks = re.findall(r"```shell\n(.*?)```", text, flags=re.S)
+    words = [shlex.split(b.replace("\\\n", " ")) for b in blocks]
+    return [w[w.index("suite") + 1 :] for w in words if w[:2] == ["lt-lightning", "suite"]]
+
+
+@pytest.mark.slow
+def test_the_readme_suites_plan(tmp_path, monkeypatch):
+    from lt_lightning.cli.suite import _parser
+
+    commands = _readme_suite_commands()
+    assert len(commands) == 2
+    monkeypatch.chdir(CONFIGS.parent)  # the README's paths are relative to the repository
+    for args in commands:
+        opts, overrides = _parser().parse_known_args(args)
+        first, second = plan_suite(
+            opts.configs, opts.seeds, tmp_path / "out", overrides
+        )  # every config parses
+        assert len(first) + len(second) == len(opts.configs) * len(opts.seeds)
+        assert {Path(r.config).stem for r in first} >= {"joint"} and second
+    assert "--executor" in commands[1] and "--slurm.partition" in commands[1]
