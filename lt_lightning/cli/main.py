@@ -51,9 +51,9 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     quiet_third_party()
     if argv[:1] == ["--version"]:
-        from lt_lightning import __version__
+        from importlib.metadata import version  # the package's own version, without importing it here
 
-        print(f"lt-lightning {__version__}")
+        print(f"lt-lightning {version('lt_lightning')}")
         return
     try:
         if argv[:1] == ["seeds"]:
