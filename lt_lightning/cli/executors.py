@@ -87,7 +87,6 @@ def execute_run(run: dict[str, Any], runner: Runner | None = None) -> dict[str, 
 
 
 # ---- local processes -----------------------------------------------------------------------------------
-_GPU: list[str] = []
 
 
 def _claim_gpu(queue: Any) -> None:
@@ -111,6 +110,10 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(jobs, mp_context=ctx)
 
 
+#: submitit's executor-independent parameters (the others are passed as ``slurm_<name>``)
+_GENERIC = ("timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node")
+
+
 # ---- submitit --------------------------------------------------------------------------------------------
 def _submitit_executor(kind: str, folder: str, slurm: dict[str, Any]) -> Any:
     try:
@@ -120,12 +123,10 @@ def _submitit_executor(kind: str, folder: str, slurm: dict[str, Any]) -> Any:
     cluster = "local" if kind == "submitit-local" else "slurm"
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params = {k: v for k, v in slurm.items() if v is not None}
-    if cluster == "slurm":
-        executor.update_parameters(
-            **{f"slurm_{k}" if not k.startswith("slurm_") else k: v for k, v in params.items()}
-        )
+    if cluster == "slurm":  # submitit's generic names as they are, the SLURM-only ones prefixed
+        executor.update_parameters(**{k if k in _GENERIC else f"slurm_{k}": v for k, v in params.items()})
     else:
-        executor.update_parameters(timeout_min=int(params.get("timeout_min", 60)))
+        executor.update_parameters(timeout_min=int(params.get("timeout_min") or 60))
     return executor
 
 

@@ -215,3 +215,29 @@ def test_the_readme_suites_plan(tmp_path, monkeypatch):
         assert len(first) + len(second) == len(opts.configs) * len(opts.seeds)
         assert {Path(r.config).stem for r in first} >= {"joint"} and second
     assert "--executor" in commands[1] and "--slurm.partition" in commands[1]
+
+
+def test_slurm_jobs_of_stage2_depend_on_their_stage1_job(tmp_path):
+    from lt_lightning.cli.executors import _submit_slurm_wave
+
+    class FakeExecutor:  # submitit's AutoExecutor interface, no cluster
+        def __init__(self):
+            self.submitted = []
+            self.params = {}
+
+        def update_parameters(self, **kwargs):
+            self.params.update(kwargs)
+
+        def submit(self, fn, run):
+            job = type("Job", (), {"job_id": f"j{len(self.submitted)}"})()
+            self.submitted.append((run["key"], dict(self.params)))
+            return job
+
+    first, second = ([vars(r) for r in wave] for wave in plan_suite(FOUR[:2], [0, 1], tmp_path))
+    fake, after = FakeExecutor(), {}
+    _submit_slurm_wave(fake, first, after)
+    _submit_slurm_wave(fake, second, after)
+    deps = {key: p["slurm_additional_parameters"].get("dependency") for key, p in fake.submitted}
+    assert deps["digits_lt/joint/seed0"] is None and deps["digits_lt/joint/seed1"] is None
+    assert deps["digits_lt/crt/seed0"] == f"afterok:{after['digits_lt/joint/seed0'].job_id}"
+    assert deps["digits_lt/crt/seed1"] == f"afterok:{after['digits_lt/joint/seed1'].job_id}"
