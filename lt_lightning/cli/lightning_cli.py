@@ -224,8 +224,6 @@ class LTLightningCLI(LightningCLI):
             "afresh (default: refuse to start there)",
         )
         add_run_arguments(parser)  # --run_dir, --run_group (lt_lightning.cli.runs)
-        if any(getattr(a, "dest", None) == "verbose" for a in parser._actions):
-            parser.set_defaults(verbose=False)  # validate/test: our 4-digit table instead of Lightning's
 
     # ---- the checkpoint's hyper-parameters over the config ---------------------------------------------
     def parse_arguments(self, parser, args) -> None:
@@ -327,6 +325,8 @@ class LTLightningCLI(LightningCLI):
         config = self._complete_config()
         #: the folder of everything this run writes (lt_lightning.cli.runs)
         self.run_dir = apply_run_folder(config, self.config.get("subcommand") or "fit")
+        if "verbose" in config:  # validate/test print our 4-digit table (after_validate/after_test)
+            config["verbose"] = False
 
     def _complete_config(self, seed_known: bool = True) -> Namespace:
         """The subcommand's config with ``--ckpt_path`` back, ``{seed}`` filled in (unless the seed is not
