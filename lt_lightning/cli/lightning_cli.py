@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from jsonargparse import Namespace
@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lt_lightning.callbacks import FiniteGuard, PerClassTable, PredictionWriter, SaveConfigToLoggers
 from lt_lightning.checkpoints import load_checkpoint_file
 from lt_lightning.cli.runs import add_run_arguments, apply_run_folder, print_run_outputs
-from lt_lightning.cli.tables import significant
+from lt_lightning.cli.tables import format_metrics_table
 from lt_lightning.data import LongTailDataModule
 from lt_lightning.models import LongTailModule
 from lt_lightning.models.decoupled import DecoupledModule, decoupled_class
@@ -45,8 +45,6 @@ __all__ = [
 
 #: model options linked from the datamodule (override them with ``--data.init_args.<name>``)
 LINKED_OPTIONS = LINKED_FACTS
-#: the rows of the end-of-run metric tables (``{split}`` is val or test)
-SUMMARY_KEYS = ("acc", "balanced_acc", "many_acc", "medium_acc", "few_acc", "loss")
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 #: stage-2 options a checkpoint supplies silently: its state dict holds the stage-1 weights
 STAGE1_OPTIONS = ("stage1_checkpoint", "stage1_module")
@@ -71,27 +69,6 @@ def default_logger(save_dir: str = "runs") -> dict | list[dict]:
         "init_args": {"save_dir": save_dir, "project": "lt_lightning"},
     }
     return [csv, wandb_logger]
-
-
-def format_metrics_table(metrics: Mapping[str, Any], split: str, title: str | None = None) -> str:
-    """A small text table of the ``{split}/…`` summary metrics (and the final NC1) in ``metrics``, with 4
-    significant digits; an NC number says the epoch it was measured at (``nc/epoch``, 0-based)."""
-    keys = [f"{split}/{k}" for k in SUMMARY_KEYS] + [f"nc/{s}/nc1" for s in ("train", split)]
-    nc_epoch = metrics.get("nc/epoch")
-    rows = []
-    for key in dict.fromkeys(keys):
-        if key in metrics:
-            label = key
-            if key.startswith("nc/") and nc_epoch is not None:
-                label = f"{key} (epoch {int(float(nc_epoch))})"
-            rows.append((label, significant(float(metrics[key]))))
-    if not rows:
-        return ""
-    width = max(len(k) for k, _ in rows)
-    head = title or f"final {split} metrics"
-    lines = [head, "-" * max(len(head), width + 10)]
-    lines += [f"{k:<{width}}  {v:>8}" for k, v in rows]
-    return "\n".join(lines)
 
 
 def substitute_seed(value: Any, seed: int | None, where: str = "") -> Any:
