@@ -126,6 +126,8 @@ def plan_suite(
         path = Path(c).resolve()
         if not path.is_file():
             raise FileNotFoundError(f"config not found: {c}")
+        if path.name.startswith("_"):  # a folder's shared blocks (configs/*/_base.yaml): no method of its own
+            continue
         if path not in paths:
             paths.append(path)
     group = group or out_dir.name
