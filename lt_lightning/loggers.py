@@ -1,4 +1,8 @@
-"""A Weights & Biases logger that never waits on a network it cannot reach."""
+"""A Weights & Biases logger that never waits on a network it cannot reach.
+
+The CLI names each run ``<dataset>/<method>/seed<s>``, groups a suite's runs (``--run_group``) and tags
+them with the method, the dataset and the recipe the config follows (:mod:`lt_lightning.cli.runs`).
+"""
 
 from __future__ import annotations
 
@@ -74,6 +78,15 @@ class WandbLoggerOfflineSafe(WandbLogger):
         super().finalize(status)
         if status == "failed":
             self._set_aside_failed_offline_run()
+        else:
+            self._say_where_the_offline_run_is()
+
+    def _say_where_the_offline_run_is(self) -> None:
+        # W&B's own console lines are silenced (lt_lightning.progress.quiet_third_party): say it once here
+        run = self._experiment
+        run_dir = Path(run.dir).parent if run is not None and getattr(run, "dir", None) else None
+        if run_dir is not None and run_dir.name.startswith("offline-run-"):
+            print(f"[lt-lightning] W&B offline run in {run_dir} (upload it with: wandb sync {run_dir})")
 
     def _set_aside_failed_offline_run(self) -> None:
         run = self._experiment

@@ -29,15 +29,23 @@ def test_wandb_mode_decision(monkeypatch):
 @pytest.mark.slow
 def test_an_offline_run_gets_the_full_config_and_the_per_class_table(tmp_path):
     args = ["fit", "-c", digits("joint"), "--trainer.max_epochs", "1", "--trainer.callbacks", "[]"]
-    proc = run_cli(tmp_path, *args, "--test_after_fit", "true", wandb="offline")
+    proc = run_cli(tmp_path, *args, "--test_after_fit", "true", "--run_group", "grp-17", wandb="offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = list((tmp_path / "runs/wandb").glob("offline-run-*"))
+    run_dir = tmp_path / "runs/digits_lt/joint/seed0"  # the run folder: W&B, CSV log and config together
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "config.yaml").is_file()
+    assert f"W&B offline run in runs/digits_lt/joint/seed0/wandb/{runs[0].name}" in proc.stdout
+    # W&B's own chatter is silenced; ours says where the run is
+    assert "wandb: Tracking run" not in proc.stderr and "wandb: Run data is saved" not in proc.stderr
     # An offline run keeps its records in run-*.wandb (protobuf); the config update is stored as JSON
     # text. The data and trainer sections only reach W&B through our full-config callback, not through
     # Lightning's hyper-parameter logging.
     blob = next(runs[0].glob("run-*.wandb")).read_bytes()
     for text in (b"lt_lightning.data.DigitsLTDataModule", b"max_epochs", b"lt_lightning.models.JointModule"):
+        assert text in blob, text
+    # named <dataset>/<method>/seed<s>, grouped, tagged with the method, dataset and recipe followed
+    for text in (b"digits_lt/joint/seed0", b"grp-17", b"method:joint", b"dataset:digits_lt", b"follows:own"):
         assert text in blob, text
     assert b"torch.optim.SGD" in blob  # the injected optimizer's record
     # the CLI adds PerClassTable to every run: one row per class, the data's counts and shot groups
@@ -62,9 +70,10 @@ def test_a_failed_offline_run_is_set_aside(tmp_path):
     proc = run_cli(tmp_path, "fit", "-c", digits("joint"), *lr, wandb="offline")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "NonFiniteError" in proc.stderr
-    # `wandb sync runs/wandb` (or `wandb sync runs`) takes every <dir>/*.wandb one level down: none left
-    assert list((tmp_path / "runs/wandb").glob("*/*.wandb")) == []
-    assert list((tmp_path / "runs").glob("*/*.wandb")) == []
-    failed = list((tmp_path / "runs" / FAILED_RUNS_DIR).glob("offline-run-*"))
+    # `wandb sync <run>/wandb` (or `wandb sync <run>`) takes every <dir>/*.wandb one level down: none left
+    run_dir = tmp_path / "runs/digits_lt/joint/seed0"
+    assert list((run_dir / "wandb").glob("*/*.wandb")) == []
+    assert list(run_dir.glob("*/*.wandb")) == []
+    failed = list((run_dir / FAILED_RUNS_DIR).glob("offline-run-*"))
     assert len(failed) == 1 and list(failed[0].glob("run-*.wandb"))  # kept for inspection
     assert "set aside" in proc.stdout

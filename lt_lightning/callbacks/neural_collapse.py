@@ -112,7 +112,8 @@ class NeuralCollapseCallback(Callback):
     sample counted once). Classes without samples in a split are left out of that split's metrics.
 
     Args:
-        every_n_epochs: measure after epochs ``n - 1, 2n - 1, ...`` (0-based), i.e. every n-th epoch.
+        every_n_epochs: measure after epochs ``n - 1, 2n - 1, ...`` (0-based), i.e. every n-th epoch, and
+            after the last epoch (``max_epochs``); ``nc/epoch`` logs the epoch of the numbers.
         on: splits to measure, from ``"train"`` (``train_eval_dataloader``: un-augmented, in order),
             ``"val"`` and ``"test"``.
         log_figures: make and log the geometry figures.
@@ -177,8 +178,10 @@ class NeuralCollapseCallback(Callback):
         warnings.filterwarnings("ignore", message=r".*self\.log\('nc/.*sync_dist=True.*")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs != 0:
-            return
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
+        if trainer.sanity_checking or (epoch % self.every_n_epochs != 0 and not last):
+            return  # the last epoch is always measured: the final NC numbers are the final model's
         self.measure(trainer, pl_module)
 
     # ------------------------------------------------------------------------------------ measure
@@ -206,6 +209,8 @@ class NeuralCollapseCallback(Callback):
             # float64 tensors: a Python float would be stored as float32 by Lightning
             value64 = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
             pl_module.log(name, value64, on_step=False, on_epoch=True, sync_dist=False)
+        if logged:  # the epoch (0-based) these NC numbers were measured at, for the end-of-fit table
+            pl_module.log("nc/epoch", float(trainer.current_epoch), on_step=False, on_epoch=True)
         if figures and trainer.is_global_zero:
             self._log_figures(trainer, figures)
         return logged

@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from jsonargparse import Namespace
@@ -21,15 +20,18 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lt_lightning.callbacks import FiniteGuard, PerClassTable, PredictionWriter, SaveConfigToLoggers
-from lt_lightning.callbacks.signals import SaveOnSigterm  # issue 20
+from lt_lightning.callbacks.signals import SaveOnSigterm
 from lt_lightning.checkpoints import load_checkpoint_file
-from lt_lightning.cli.guards import check_trainer_options, lock_run_folders  # issue 20
+from lt_lightning.cli.guards import check_trainer_options, lock_run_folders
+from lt_lightning.cli.runs import add_run_arguments, apply_run_folder, print_run_outputs
+from lt_lightning.cli.tables import format_metrics_table
 from lt_lightning.data import LongTailDataModule
 from lt_lightning.models import LongTailModule
 from lt_lightning.models.decoupled import DecoupledModule, decoupled_class
 from lt_lightning.models.loading import checkpoint_class
 from lt_lightning.models.migration import migrate_checkpoint
 from lt_lightning.models.parts import LINKED_FACTS
+from lt_lightning.progress import needs_progress_bar, progress_bar_callback
 
 __all__ = [
     "LINKED_OPTIONS",
@@ -45,8 +47,6 @@ __all__ = [
 
 #: model options linked from the datamodule (override them with ``--data.init_args.<name>``)
 LINKED_OPTIONS = LINKED_FACTS
-#: the rows of the end-of-run metric tables (``{split}`` is val or test)
-SUMMARY_KEYS = ("acc", "balanced_acc", "many_acc", "medium_acc", "few_acc", "loss")
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 #: stage-2 options a checkpoint supplies silently: its state dict holds the stage-1 weights
 STAGE1_OPTIONS = ("stage1_checkpoint", "stage1_module")
@@ -54,8 +54,10 @@ STAGE1_OPTIONS = ("stage1_checkpoint", "stage1_module")
 SEED_PLACEHOLDER = "{seed}"
 
 
-def default_logger(save_dir: str = "runs") -> dict:
-    """The trainer's default logger as a LightningCLI class_path dict."""
+def default_logger(save_dir: str = "runs") -> dict | list[dict]:
+    """The trainer's default logger(s) as LightningCLI class_path dicts: a CSV logger, and W&B beside it
+    unless ``WANDB_MODE=disabled`` or wandb is unavailable (the run folder always holds ``metrics.csv``)."""
+    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": save_dir}}
     try:
         import wandb  # noqa: F401
 
@@ -63,28 +65,12 @@ def default_logger(save_dir: str = "runs") -> dict:
     except ImportError:
         available = False
     if not available or os.environ.get("WANDB_MODE") == "disabled":
-        return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": save_dir}}
-    return {
+        return csv
+    wandb_logger = {
         "class_path": "lt_lightning.loggers.WandbLoggerOfflineSafe",
         "init_args": {"save_dir": save_dir, "project": "lt_lightning"},
     }
-
-
-def format_metrics_table(metrics: Mapping[str, Any], split: str, title: str | None = None) -> str:
-    """A small text table of the ``{split}/…`` summary metrics (and the final NC1) in ``metrics``."""
-    keys = [f"{split}/{k}" for k in SUMMARY_KEYS] + [f"nc/{s}/nc1" for s in ("train", split)]
-    rows = []
-    for key in dict.fromkeys(keys):
-        if key in metrics:
-            value = float(metrics[key])
-            rows.append((key, "nan" if math.isnan(value) else f"{value:.4f}"))
-    if not rows:
-        return ""
-    width = max(len(k) for k, _ in rows)
-    head = title or f"final {split} metrics"
-    lines = [head, "-" * max(len(head), width + 10)]
-    lines += [f"{k:<{width}}  {v:>8}" for k, v in rows]
-    return "\n".join(lines)
+    return [csv, wandb_logger]
 
 
 def substitute_seed(value: Any, seed: int | None, where: str = "") -> Any:
@@ -216,6 +202,7 @@ class LTLightningCLI(LightningCLI):
             help="fit: delete the *.ckpt files a previous run left in the checkpoint folders and start "
             "afresh (default: refuse to start there)",
         )
+        add_run_arguments(parser)  # --run_dir, --run_group (lt_lightning.cli.runs)
 
     # ---- the checkpoint's hyper-parameters over the config ---------------------------------------------
     def parse_arguments(self, parser, args) -> None:
@@ -314,7 +301,12 @@ class LTLightningCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        check_trainer_options(self._complete_config().get("trainer") or {})  # issue 20
+        config = self._complete_config()
+        check_trainer_options(config.get("trainer") or {})
+        #: the folder of everything this run writes (lt_lightning.cli.runs)
+        self.run_dir = apply_run_folder(config, self.config.get("subcommand") or "fit")
+        if "verbose" in config:  # validate/test print our 4-digit table (after_validate/after_test)
+            config["verbose"] = False
 
     def _complete_config(self, seed_known: bool = True) -> Namespace:
         """The subcommand's config with ``--ckpt_path`` back, ``{seed}`` filled in (unless the seed is not
@@ -328,6 +320,16 @@ class LTLightningCLI(LightningCLI):
             substitute_seed(config, seed)
         _plain_dict_options(config.get("model"))
         return config
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        if needs_progress_bar((config or {}).get("trainer")):  # loss/acc on a terminal, lines in a file
+            defaults = self.trainer_defaults.get("callbacks") or []
+            self.trainer_defaults = {
+                **self.trainer_defaults,
+                "callbacks": [*defaults, progress_bar_callback()],
+            }
+        return super().instantiate_trainer(**kwargs)
 
     # ---- runs -------------------------------------------------------------------------------------------
     def _warn_if_untrained(self, sub: str) -> None:
@@ -343,7 +345,7 @@ class LTLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Refuse (or, with ``--overwrite_run``, clear) checkpoint folders holding a previous run."""
-        lock_run_folders(self.trainer)  # issue 20: one fit per run folder, writable
+        lock_run_folders(self.trainer)  # one fit per run folder, writable
         options = self.config_init["fit"]
         if options.get("ckpt_path"):
             return  # resuming the run that is there
@@ -390,6 +392,28 @@ class LTLightningCLI(LightningCLI):
             self.final_metrics.update(test)
             if trainer.is_global_zero:
                 print("\n" + format_metrics_table(test, "test", "test metrics (final model)"))
+        self._print_run_folder()
+
+    def after_validate(self) -> None:
+        self._print_eval_table("val", "validation metrics")
+        self._print_run_folder()
+
+    def after_test(self) -> None:
+        self._print_eval_table("test", "test metrics")
+        self._print_run_folder()
+
+    def _print_eval_table(self, split: str, title: str) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        table = format_metrics_table(metrics, split, title)
+        if table and self.trainer.is_global_zero:
+            print("\n" + table)
+
+    def after_predict(self) -> None:
+        self._print_run_folder()
+
+    def _print_run_folder(self) -> None:
+        if self.trainer.is_global_zero:
+            print_run_outputs(getattr(self, "run_dir", None))
 
 
 def _cli(cls: type[LTLightningCLI], args: Sequence[str] | None, run: bool) -> LTLightningCLI:
@@ -402,7 +426,7 @@ def _cli(cls: type[LTLightningCLI], args: Sequence[str] | None, run: bool) -> LT
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "logger": default_logger(),
-            "callbacks": [FiniteGuard(), PerClassTable(), SaveOnSigterm()],  # issue 20: SaveOnSigterm
+            "callbacks": [FiniteGuard(), PerClassTable(), SaveOnSigterm()],
             "plugins": [{"class_path": "lt_lightning.checkpoints.AtomicCheckpointIO"}],
         },
         auto_configure_optimizers=False,

@@ -2,12 +2,12 @@
 
     lt-lightning seeds -c configs/digits_lt/joint.yaml --seeds 0 1 2 --out runs/seeds/joint [overrides]
 
-Every seed runs in its own folder ``OUT/seed<s>/`` (the working directory of that run), so the configs'
-relative outputs (``runs/<dataset>/<method>/seed<s>/last.ckpt``, logs) never meet another seed's, and a
-stage-2 config's relative ``stage1_checkpoint`` (``runs/<dataset>/<stage-1 method>/seed{seed}/last.ckpt``)
-finds the stage-1 run of the same seed: for a stage-2 config (a
-:class:`~lt_lightning.models.Stage2Module` method) the stage-1 config (``<stage-1 method>.yaml`` next to it, named by the checkpoint's method folder, or
-``--stage1_config``) is fitted first in the same folder.
+The one-config case of ``lt-lightning suite`` (:mod:`lt_lightning.cli.suite`): every seed runs in its own
+folder ``OUT/<dataset>/<method>/seed<s>/``; for a stage-2 config (a
+:class:`~lt_lightning.models.Stage2Module` method) the stage-1 config (``<stage-1 method>.yaml`` beside it,
+named by the checkpoint's method folder, or ``--stage1_config``) is fitted first, once per seed, in its
+own folder, and the stage-2 run reads that seed's checkpoint. Relative paths in the configs (``data_dir``)
+are read against the directory the command was started in. A re-run skips the finished seeds.
 
 ``OUT/summary.json`` and ``OUT/summary.md`` hold, per seed and as mean ± sample standard deviation
 (n − 1), the test top-1, balanced accuracy, many/medium/few accuracy and the final NC1 (train features).
@@ -18,125 +18,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lt_lightning.cli.lightning_cli import build_cli, config_class, parse_config
-from lt_lightning.models import Stage2Module
-from lt_lightning.progress import progress
+from lt_lightning.cli.executors import Runner
+from lt_lightning.cli.suite import _common_options, run_suite
+from lt_lightning.cli.summary import SUMMARY_COLUMNS, mean_std
+from lt_lightning.cli.tables import significant
 
 __all__ = ["SUMMARY_COLUMNS", "run_seeds", "summarize", "summary_markdown"]
-
-#: (metric key, column title) of the summary
-SUMMARY_COLUMNS = (
-    ("test/acc", "top-1"),
-    ("test/balanced_acc", "balanced"),
-    ("test/many_acc", "many"),
-    ("test/medium_acc", "medium"),
-    ("test/few_acc", "few"),
-    ("nc/train/nc1", "NC1"),
-)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lt-lightning seeds",
         description="Fit and test CONFIG once per seed; write OUT/summary.json and OUT/summary.md. "
-        "Further arguments are LightningCLI overrides (e.g. --trainer.max_epochs 5); --trainer.* and "
-        "--overwrite_run overrides also apply to the stage-1 run of a two-stage config.",
+        "Further arguments are LightningCLI overrides (e.g. --trainer.max_epochs 5); --trainer.*, --data.* "
+        "and --overwrite_run overrides also apply to the stage-1 run of a two-stage config.",
     )
     p.add_argument("-c", "--config", required=True, help="a method config (e.g. configs/digits_lt/crt.yaml)")
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds, e.g. 0 1 2")
-    p.add_argument("--out", required=True, help="output folder (one sub-folder per seed)")
-    p.add_argument("--stage1_config", default=None, help="stage-1 config of a two-stage config")
-    p.add_argument(
-        "--vary_data_seed",
-        action="store_true",
-        help="also set the datamodule's seed (the long-tailed split and sampler order) per seed",
-    )
+    p.add_argument("--out", required=True, help="output folder (OUT/<dataset>/<method>/seed<s>/ per run)")
+    _common_options(p)
     return p
-
-
-def _resolved(config: Path, overrides: Sequence[str]) -> dict:
-    """``config`` with its includes, defaults and ``overrides``, as the CLI reads it (never the YAML alone:
-    a composed config holds only what differs from the blocks it includes)."""
-    return parse_config(["fit", "-c", str(config), *overrides])
-
-
-def _stage1_config(config: Path, cfg: dict, explicit: str | None) -> Path | None:
-    model = cfg.get("model") or {}
-    if not issubclass(config_class(model), Stage2Module):
-        return None
-    if explicit:
-        return Path(explicit).resolve()
-    ckpt = (model.get("init_args") or {}).get("stage1_checkpoint")
-    if not ckpt or os.path.isabs(ckpt):
-        raise ValueError(
-            f"{config}: cannot find the stage-1 config of stage1_checkpoint={ckpt!r} (a relative "
-            "runs/<dataset>/<method>/seed{seed}/last.ckpt is expected); pass --stage1_config"
-        )
-    folder = Path(ckpt).parent
-    if folder.name.startswith("seed"):  # runs/<dataset>/<method>/seed{seed}/last.ckpt
-        folder = folder.parent
-    candidate = config.parent / f"{folder.name}.yaml"
-    if not candidate.is_file():
-        raise ValueError(f"{config}: stage-1 config {candidate} not found; pass --stage1_config")
-    return candidate
-
-
-def _absolute_data_dir(cfg: dict, overrides: Sequence[str]) -> list[str]:
-    """Keep a relative ``data_dir`` (given or the datamodule's default) pointing where it did: the runs
-    change the working directory."""
-    if any(o.startswith("--data.init_args.data_dir") or o.startswith("--data.data_dir") for o in overrides):
-        return []
-    data_dir = ((cfg.get("data") or {}).get("init_args") or {}).get("data_dir")
-    if data_dir and not os.path.isabs(os.path.expanduser(str(data_dir))):
-        return ["--data.init_args.data_dir", str(Path(data_dir).resolve())]
-    return []
-
-
-@contextmanager
-def _working_directory(path: Path):
-    cwd = os.getcwd()
-    path.mkdir(parents=True, exist_ok=True)
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(cwd)
-
-
-def _finish_wandb() -> None:
-    # WandbLogger reuses a run still open in this process: close it so the next seed gets its own.
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is not None:
-        wandb.finish()
-
-
-def _run_one(config: Path, args: Sequence[str], subcommand: str) -> dict[str, float]:
-    argv = [subcommand, "-c", str(config), *args]
-    if subcommand == "fit":
-        argv += ["--test_after_fit", "true"]
-    try:
-        cli = build_cli(argv)
-    finally:
-        _finish_wandb()
-    if subcommand == "fit":
-        return dict(cli.final_metrics)
-    return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return mean, std
 
 
 def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
@@ -147,18 +52,18 @@ def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
     ]
     mean, std = {}, {}
     for key, _ in SUMMARY_COLUMNS:
-        mean[key], std[key] = _mean_std([r["metrics"][key] for r in runs])
+        mean[key], std[key] = mean_std([r["metrics"][key] for r in runs])
     return {"runs": runs, "mean": mean, "std": std}
 
 
 def _fmt(v: float, pct: bool) -> str:
     if math.isnan(v):
         return "n/a"
-    return f"{100 * v:.2f}" if pct else f"{v:.4f}"
+    return significant(100 * v if pct else v)
 
 
 def summary_markdown(summary: dict[str, Any], title: str = "") -> str:
-    """The summary as a markdown table (accuracies in %, NC1 as is)."""
+    """The summary as a markdown table (accuracies in %, NC1 as is, 4 significant digits)."""
     heads = [title for _, title in SUMMARY_COLUMNS]
     lines = []
     if title:
@@ -186,58 +91,31 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def run_seeds(
-    argv: Sequence[str], runner: Callable[[Path, Sequence[str], str], dict[str, float]] | None = None
-) -> dict[str, Any]:
-    """Parse ``argv`` (the arguments after ``seeds``), run every seed, write the summaries, return them."""
+def run_seeds(argv: Sequence[str], runner: Runner | None = None) -> dict[str, Any]:
+    """Parse ``argv`` (the arguments after ``seeds``), run every seed, write the summaries, return them.
+
+    ``runner(argv) -> metrics`` replaces the in-process ``lt-lightning ARGV`` (tests)."""
     opts, overrides = _parser().parse_known_args(list(argv))
-    runner = runner or _run_one
     if len(set(opts.seeds)) != len(opts.seeds):
         raise ValueError(f"--seeds must be distinct, got {opts.seeds}")
-    config = Path(opts.config).resolve()
+    config = Path(opts.config)
     if not config.is_file():
         raise FileNotFoundError(f"config not found: {opts.config}")
-    cfg = _resolved(config, overrides)  # an override may change the method (e.g. --model.init_args.mode)
-    stage1 = _stage1_config(config, cfg, opts.stage1_config)
-    subcommand = "fit" if config_class(cfg["model"]).trains else "test"
-    out = Path(opts.out).resolve()
-    trainer_overrides = _trainer_overrides(overrides)
-    # resolved here, before the runs change the working directory to their seed's folder
-    data_dir = _absolute_data_dir(cfg, overrides)
-    s1_data_dir = _absolute_data_dir(_resolved(stage1, ()), ()) if stage1 is not None else []
-    per_seed: dict[int, dict[str, float]] = {}
-    for i, seed in enumerate(progress(opts.seeds, "seeds")):
-        print(f"[lt-lightning seeds] seed {seed} ({i + 1}/{len(opts.seeds)}) in {out / f'seed{seed}'}")
-        seeding = ["--seed_everything", str(seed), "--model.init_args.seed", str(seed)]
-        if opts.vary_data_seed:
-            seeding += ["--data.init_args.seed", str(seed)]
-        with _working_directory(out / f"seed{seed}"):
-            stage1_metrics: dict[str, float] = {}
-            if stage1 is not None:
-                stage1_metrics = runner(stage1, [*seeding, *s1_data_dir, *trainer_overrides], "fit")
-            metrics = runner(config, [*seeding, *data_dir, *overrides], subcommand)
-        # NC1 is a property of the features: a post-hoc stage 2 (same backbone) reports stage 1's
-        if "nc/train/nc1" not in metrics and "nc/train/nc1" in stage1_metrics:
-            metrics["nc/train/nc1"] = stage1_metrics["nc/train/nc1"]
-        per_seed[seed] = metrics
+    opts.configs = [opts.config]
+    suite = run_suite(runner=runner, opts=opts, overrides=overrides)
+    main = str(config.resolve())
+    rows = [r for r in suite["runs"] if r["config"] == main]
+    per_seed = {
+        r["seed"]: {k: (v if v is not None else float("nan")) for k, v in r["metrics"].items()} for r in rows
+    }
     summary = summarize(per_seed)
+    for run, row in zip(summary["runs"], rows):
+        run.update({k: row[k] for k in ("run_dir", "status") if k in row})
+        if "stage1_run_dir" in row:
+            run["stage1_run_dir"] = row["stage1_run_dir"]
     summary.update({"config": str(opts.config), "overrides": list(overrides), "seeds": list(opts.seeds)})
+    out = Path(opts.out).resolve()
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary, title=f"{opts.config} — seeds {opts.seeds}"))
     print(summary_markdown(summary))
     return summary
-
-
-def _trainer_overrides(overrides: Sequence[str]) -> list[str]:
-    """The ``--trainer.*`` options and ``--overwrite_run`` (with their values) among ``overrides``: they
-    apply to the stage-1 run too."""
-    picked, i = [], 0
-    while i < len(overrides):
-        arg = overrides[i]
-        if arg.startswith(("--trainer.", "--overwrite_run")):
-            picked.append(arg)
-            if "=" not in arg and i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
-                picked.append(overrides[i + 1])
-                i += 1
-        i += 1
-    return picked

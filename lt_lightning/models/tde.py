@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lt_lightning.models.base import LongTailModule
@@ -67,6 +68,7 @@ class TDEModule(LongTailModule):
         )
         # the α chosen by the last validation sweep (-1: none yet); a buffer, so checkpoints keep it
         self.register_buffer("selected_alpha", torch.tensor(-1.0))
+        self._warned_test_sweep = False  # the sweep-on-test warning is given once
 
     @classmethod
     def build_head(cls, hparams: Mapping[str, Any], in_features: int, num_classes: int) -> nn.Module:
@@ -122,9 +124,28 @@ class TDEModule(LongTailModule):
                 "separate validation split; set data.init_args.val_per_class > 0 or a val_file"
             )
 
+    def _warn_if_sweeping_on_test(self) -> None:
+        """The α sweep on a datamodule whose validation split is its test split: its ``best_alpha`` is
+        chosen on test. Warned once per module, loudly; the α used at test stays the configured one."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.alpha_sweep is None or self._warned_test_sweep or not getattr(dm, "val_is_test", False):
+            return
+        self._warned_test_sweep = True
+        rank_zero_warn(
+            f"\n{'!' * 100}\n  TDE: {type(dm).__name__} validates on its TEST split, so the alpha sweep "
+            "(val/tde_alpha/*, best_alpha) is measured on test images:\n  do not select alpha from it. Test "
+            f"uses the configured alpha={self.hparams.alpha:g}. For a real choice set "
+            "data.init_args.val_per_class > 0 (or a val_file) and model.init_args.alpha_from_validation "
+            f"true, or model.init_args.alpha_grid [] to skip the sweep.\n{'!' * 100}"
+        )
+
     def on_fit_start(self) -> None:
+        self._warn_if_sweeping_on_test()
         if self.hparams.alpha_from_validation:
             self._check_val_is_not_test()
+
+    def on_validation_start(self) -> None:
+        self._warn_if_sweeping_on_test()
 
     def on_test_start(self) -> None:
         if self.hparams.alpha_from_validation:
@@ -134,6 +155,13 @@ class TDEModule(LongTailModule):
                     "checkpoint written after a validation epoch)"
                 )
             self.head.alpha = float(self.selected_alpha)
+        how = (
+            "chosen on validation (alpha_from_validation)"
+            if self.hparams.alpha_from_validation
+            else "configured"
+        )
+        if self.trainer.is_global_zero:
+            print(f"[lt-lightning] TDE test: alpha = {float(self.head.alpha):g} ({how})")
 
     def on_test_epoch_end(self) -> None:
         self.log("test/tde_alpha/alpha", float(self.head.alpha))

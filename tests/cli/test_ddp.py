@@ -42,7 +42,7 @@ def _run(out: Path, method: str, stages: str, *extra: str, wandb: bool = False) 
 def _check_nc(record: dict, out: Path) -> None:
     assert "nc/train/nc1" in record["fit"] and "nc/val/acc" in record["fit"]
     assert 0.0 <= record["test"]["test/acc"] <= 1.0
-    figures = list(out.glob("runs/lightning_logs/version_*/nc_figures/*.png"))
+    figures = list(out.glob("runs/digits_lt/*/seed0/nc_figures/*.png"))  # in the run folder
     assert len(figures) == 2 * 2 * 5  # 2 epochs x (train, val) x 5 figures, from rank 0 only
 
 
@@ -68,7 +68,7 @@ def test_stage1_method_csv(tmp_path, method):
 def test_fixed_etf_wandb_offline(tmp_path):
     record, _ = _run(tmp_path, "fixed_etf", "fit,validate,test", wandb=True)
     assert "nc/val/nc1" in record["fit"]
-    runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    runs = list((tmp_path / "runs/digits_lt/fixed_etf/seed0/wandb").glob("offline-run-*"))
     assert len(runs) == 1  # one W&B run, written by rank 0
 
 

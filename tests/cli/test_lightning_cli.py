@@ -95,8 +95,10 @@ def test_default_logger(monkeypatch):
         "init_args": {"save_dir": "out"},
     }
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert default_logger()["class_path"] == "lt_lightning.loggers.WandbLoggerOfflineSafe"
-    assert default_logger()["init_args"]["save_dir"] == "runs"
+    csv, wandb = default_logger()  # the run folder always holds the CSV log, W&B beside it
+    assert csv["class_path"] == "lightning.pytorch.loggers.CSVLogger"
+    assert wandb["class_path"] == "lt_lightning.loggers.WandbLoggerOfflineSafe"
+    assert wandb["init_args"]["save_dir"] == "runs"
 
 
 @pytest.mark.parametrize(

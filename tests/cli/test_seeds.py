@@ -1,5 +1,6 @@
-"""lt_lightning.cli.seeds: ``lt-lightning seeds`` runs a config per seed in its own folder (stage 1 first for
-a two-stage config; ``fit`` or ``test`` as the method class says) and writes the summary statistics."""
+"""lt_lightning.cli.seeds: ``lt-lightning seeds`` runs a config per seed in its own run folder (stage 1 first,
+in its own folder, for a two-stage config; ``fit`` or ``test`` as the method class says), reads relative
+paths against the directory it was started in, and writes the summary statistics."""
 
 from __future__ import annotations
 
@@ -36,9 +37,11 @@ class _FakeRunner:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, config, args, subcommand):
+    def __call__(self, argv):
+        subcommand, config, args = argv[0], argv[argv.index("-c") + 1], list(argv[3:])
         seed = int(args[args.index("--seed_everything") + 1])
-        self.calls.append((Path(config).name, subcommand, Path.cwd().name, list(args)))
+        run_dir = Path(args[args.index("--run_dir") + 1])
+        self.calls.append((Path(config).name, subcommand, run_dir.name, args))
         stage1 = Path(config).name == "joint.yaml"
         metrics = {"test/acc": 0.5 + 0.1 * seed}
         if stage1:
@@ -58,20 +61,27 @@ def test_two_stage_post_hoc_config_runs_stage1_per_seed(tmp_path):
         "true",
     ]
     summary = run_seeds([*args, *overrides], runner)
-    assert [c[:3] for c in runner.calls] == [
+    assert [c[:3] for c in runner.calls] == [  # every stage 1 first, then the stage-2 runs
         ("joint.yaml", "fit", "seed3"),
-        ("tau_norm.yaml", "test", "seed3"),
         ("joint.yaml", "fit", "seed5"),
+        ("tau_norm.yaml", "test", "seed3"),
         ("tau_norm.yaml", "test", "seed5"),
     ]
-    stage1_args, stage2_args = runner.calls[0][3], runner.calls[1][3]
+    stage1_args, stage2_args = runner.calls[0][3], runner.calls[2][3]
     assert "--trainer.max_epochs" in stage1_args and "--model.init_args.tau_grid" not in stage1_args
     assert stage1_args[stage1_args.index("--overwrite_run") + 1] == "true"  # a re-run replaces stage 1 too
     assert "--model.init_args.tau_grid" in stage2_args
     assert stage2_args[stage2_args.index("--model.init_args.seed") + 1] == "3"
+    # stage 2 reads the checkpoint of its own seed's stage-1 run folder
+    joint3 = tmp_path / "digits_lt/joint/seed3"
+    assert stage2_args[stage2_args.index("--model.init_args.stage1_checkpoint") + 1] == str(
+        joint3 / "last.ckpt"
+    )
+    assert stage1_args[stage1_args.index("--run_dir") + 1] == str(joint3)
     assert [r["metrics"]["nc/train/nc1"] for r in summary["runs"]] == [4.0, 6.0]  # stage 1's features
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["seeds"] == [3, 5] and saved["runs"][1]["metrics"]["test/acc"] == pytest.approx(1.0)
+    assert saved["runs"][0]["stage1_run_dir"] == str(joint3)
     assert saved["runs"][0]["metrics"]["test/few_acc"] is None  # NaN is written as null
     assert (tmp_path / "summary.md").read_text().count("| 3 |") == 1
 
@@ -121,8 +131,8 @@ def test_a_composed_config_is_read_through_the_cli(tmp_path):
     out = tmp_path / "out"
     run_seeds(["-c", str(tmp_path / "ncm.yaml"), "--seeds", "0", "--out", str(out)], runner)
     assert [c[:2] for c in runner.calls] == [("joint.yaml", "fit"), ("ncm.yaml", "test")]
-    for _, _, _, args in runner.calls:  # the included data_dir, made absolute for the seed's folder
-        assert args[args.index("--data.init_args.data_dir") + 1] == str(Path.cwd() / "cifar")
+    for _, _, _, args in runner.calls:  # no run changes the working directory: data_dir stays as it is
+        assert "--data.init_args.data_dir" not in args
     runner = _FakeRunner()  # a config whose model is all in the included block
     run_seeds(
         ["-c", str(tmp_path / "joint.yaml"), "--seeds", "0", "--out", str(out), "--overwrite_run", "true"],
@@ -158,7 +168,8 @@ def test_seeds_through_the_cli(tmp_path, monkeypatch):
     dm = build_cli(["--config", str(CONFIGS / "digits_lt/joint.yaml")], run=False).datamodule
     weights = []
     for run in summary["runs"]:
-        ckpt = tmp_path / f"out/seed{run['seed']}/runs/digits_lt/joint/seed{run['seed']}/last.ckpt"
+        ckpt = tmp_path / f"out/digits_lt/joint/seed{run['seed']}/last.ckpt"
+        assert run["run_dir"] == str(ckpt.parent) and run["status"] == "done"
         model = load_module_from_checkpoint(str(ckpt))
         weights.append(model.head.weight.detach())
         assert run["metrics"]["test/acc"] == pytest.approx(accuracy_by_hand(model, dm), abs=1e-6)

@@ -86,3 +86,26 @@ def test_the_embed_momentum_follows_the_learning_rate(tmp_path):
 def test_bad_configuration(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TDEModule(**model_kwargs(synthetic_dm(), **kwargs))
+
+
+def test_the_sweep_on_the_test_split_warns_once_and_test_states_its_alpha(tmp_path, capsys):
+    dm = synthetic_dm()
+    assert dm.val_is_test
+    model = TDEModule(**model_kwargs(dm, alpha=1.5, alpha_grid=[0.0, 1.0]))
+    trainer = cpu_trainer(tmp_path, max_epochs=2)
+    with pytest.warns(UserWarning, match="validates on its TEST split") as caught:
+        trainer.fit(model, datamodule=dm)
+        trainer.validate(model, datamodule=dm, verbose=False)
+    assert sum("TEST split" in str(w.message) for w in caught) == 1  # once, not per validation epoch
+    assert "Test uses the configured alpha=1.5" in str(
+        next(w.message for w in caught if "TEST" in str(w.message))
+    )
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert "[lt-lightning] TDE test: alpha = 1.5 (configured)" in capsys.readouterr().out
+
+
+def test_no_warning_with_a_real_validation_split_or_without_a_sweep(tmp_path, recwarn):
+    for dm, grid in ((synthetic_dm(val_per_class=5), [0.0, 1.0]), (synthetic_dm(), [])):
+        model = TDEModule(**model_kwargs(dm, alpha_grid=grid))
+        cpu_trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm)
+    assert not [w for w in recwarn if "TEST split" in str(w.message)]
