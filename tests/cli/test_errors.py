@@ -93,7 +93,7 @@ SCHEDULES = "constant, cosine, multistep"
         (
             "crt",
             ["--model.init_args.mode", "cb"],
-            "--model.init_args.mode: got 'cb'; valid: crt, lws, tau_norm, ncm",
+            "--model.init_args.mode: got 'cb'; valid: crt, lws, tau_norm, ncm, weight_balancing",
         ),
         ("joint", ["--trainer.max_epochs", "abc"], "--trainer.max_epochs: expected int, got 'abc'"),
         ("joint", ["--data.init_args.batch_size", "x"], "--data.init_args.batch_size: expected int, got 'x'"),

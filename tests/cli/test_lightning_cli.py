@@ -24,6 +24,7 @@ from lt_lightning.cli import (
     substitute_seed,
 )
 from lt_lightning.cli.lightning_cli import config_class
+from lt_lightning.cli.tables import significant
 from lt_lightning.models import (
     CRTModule,
     JointModule,
@@ -267,7 +268,7 @@ def test_fit_prints_validation_and_test_tables(tmp_path, monkeypatch, capsys):
     metrics = cli.final_metrics
     rows = dict(line.split() for line in out.splitlines() if line.startswith(("val/", "test/")))
     for key in ("val/acc", "val/few_acc", "test/acc", "test/balanced_acc", "test/few_acc"):
-        assert rows[key] == f"{float(metrics[key]):.4f}", key
+        assert rows[key] == significant(float(metrics[key])), key  # 4 significant digits
     assert metrics["test/acc"] == pytest.approx(accuracy_by_hand(cli.model, cli.datamodule), abs=1e-6)
 
 
