@@ -24,9 +24,12 @@ from lt_lightning.models.migration import checkpoint_source
 from lt_lightning.models.parts import (
     LINKED_FACTS,
     Backbone,
+    CompileOption,
     NeckMode,
+    TrainMeans,
     build_representation,
     check_data_facts,
+    compile_parts,
     give_parts,
 )
 from lt_lightning.optim import LRSchedule, OptimizerFactory
@@ -71,7 +74,10 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
             seeded per batch from ``(seed, epoch, rank, batch index)``.
         seed: seed of the module's own randomness (mixup).
         channels_last: keep the backbone's weights and image inputs in ``torch.channels_last`` format.
-        compile_backbone: wrap the backbone in ``torch.compile`` (at ``setup``; state-dict keys unchanged).
+        compile_backbone: ``True`` compiles the backbone, ``"step"`` the step's model part with CUDA graphs;
+            GPU only (:func:`~lt_lightning.models.parts.compile_parts`; state-dict keys unchanged).
+
+    Logs ``train/loss_step`` every ``log_every_n_steps`` steps and epoch means summed on the device.
 
     Mixed precision (``bf16-mixed`` / ``16-mixed``) works for every method; where precision matters the
     pieces stay wider (the ETF buffer and parameters float32, the nearest-ETF solve, TDE's head and the DR
@@ -105,7 +111,7 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         mixup: Mixup | None = None,
         seed: int = 0,
         channels_last: bool = False,
-        compile_backbone: bool = False,
+        compile_backbone: CompileOption = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -119,19 +125,11 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         self.class_counts = None if class_counts is None else [int(n) for n in class_counts]
         groups = None if shot_groups is None else check_shot_groups(shot_groups, num_classes)
         self.optimizer, self.lr_schedule, self.mixup = give_parts(self.hparams, optimizer, lr_schedule, mixup)
-        parts = (
-            backbone,
-            backbone_kwargs,
-            fixdim,
-            trainable_backbone,
-            neck,
-            feature_scale,
-            num_classes,
-            channels_last,
-        )
-        self.backbone, self.neck, self.feature_dim = build_representation(*parts)
+        rep = (backbone, backbone_kwargs, fixdim, trainable_backbone, neck, feature_scale, num_classes)
+        self.backbone, self.neck, self.feature_dim = build_representation(*rep, channels_last)
         self.channels_last, self.compile_backbone = channels_last, compile_backbone
-        self._compiled_backbone: nn.Module | None = None
+        self._compiled: dict[str, Any] = {}  # compile_parts' callables, from setup
+        self._train_means = TrainMeans()
         self.val_metrics = ShotAccuracy(num_classes, shot_groups=groups)
         self.test_metrics = ShotAccuracy(num_classes, shot_groups=groups)
         self.finite_flags: Tensor | None = None  # set by training_step, read by the finite guard
@@ -149,8 +147,9 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         """``[N, d]`` features: the classifier's input (after the neck)."""
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        backbone = self._compiled_backbone if self._compiled_backbone is not None else self.backbone
-        return self.neck(backbone(x))
+        if "representation" in self._compiled:  # compile_parts' backbone → neck
+            return self._compiled["representation"](x)
+        return self.neck(self._compiled.get("backbone", self.backbone)(x))
 
     def forward_head(self, features: Tensor) -> Tensor:
         """``[N, K]`` logits used for prediction."""
@@ -173,9 +172,9 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
             groups = check_data_facts(type(self).__name__, dict(zip(LINKED_FACTS, given)), dm)
             if groups is not None:
                 self.use_shot_groups(groups)
-        if self.compile_backbone and self._compiled_backbone is None:
-            # compile wraps a reference: parameters and state-dict keys stay those of the plain backbone
-            object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))
+        if self.compile_backbone and not self._compiled:  # the module moves to its device after setup
+            device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+            self._compiled = compile_parts(self, self.compile_backbone, device)
 
     def use_shot_groups(self, groups: Sequence[int]) -> None:
         """Evaluate many/medium/few with ``groups`` ``[K]`` in every :class:`ShotAccuracy` of the module."""
@@ -194,18 +193,18 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         features = self.extract_features(x)
         self.on_train_features(features, y)
         logits = self.forward_head(features)
+        compute_loss = self._compiled.get("loss", self.compute_loss)
         if mixed:
-            loss = lam * self.compute_loss(logits, features, y_a, y)
-            loss = loss + (1 - lam) * self.compute_loss(logits, features, y_b, y)
+            loss = lam * compute_loss(logits, features, y_a, y)
+            loss = loss + (1 - lam) * compute_loss(logits, features, y_b, y)
         else:
-            loss = self.compute_loss(logits, features, y, y)
+            loss = compute_loss(logits, features, y, y)
         self.finite_flags = finite_flags(loss, features)  # device tensor: no host sync here
-        # sync_dist: under DDP the logged values are means over all ranks' samples (an all-reduce)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
-        if not mixed:
-            acc = (logits.argmax(dim=1) == y).float().mean()
-            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self._train_means.step(self, loss, None if mixed else logits, y)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._train_means.log_epoch(self)
 
     def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
