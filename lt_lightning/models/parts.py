@@ -131,7 +131,7 @@ class TrainMeans:
         the steps Lightning's logger writes (every ``log_every_n_steps``), the only logging call of a step."""
         self.add(loss, logits, targets)
         trainer = module._trainer
-        every = trainer.log_every_n_steps if trainer is not None else 1
+        every = trainer.log_every_n_steps if trainer is not None else 0  # no trainer: nothing to log to
         if every and (module.global_step + 1) % every == 0:
             # sync_dist: under DDP the value is the mean over ranks (an all-reduce every n steps only)
             module.log(
