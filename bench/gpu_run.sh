@@ -51,6 +51,7 @@ import torch
 
 work, out, fit_seconds, tests_rc, suite_rc = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), *map(int, sys.argv[4:6])
 extra = sys.argv[6:]
+sys.argv = sys.argv[:1]  # the CLI below is given its arguments; it must not also read these
 cuda = torch.cuda.is_available()
 root = Path.cwd()
 sys.path.insert(0, str(root / "bench"))
@@ -120,16 +121,16 @@ for method in ("joint", "fixed_etf", "tde"):
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-        epochs = cli.trainer.current_epoch  # epochs completed
         batch = cli.datamodule.train_batch_size()
         steps = cli.trainer.global_step
+        epochs = steps / max(cli.trainer.num_training_batches, 1)  # max_time may stop mid-epoch
         train_s = sum(clock.steps)
         row = {
             "method": method, "epochs_done": epochs, "steps": steps, "batch": batch, "fit_s": seconds,
             "images_per_s": steps * batch / seconds,
             "step_images_per_s": batch / (train_s / len(clock.steps)) if clock.steps else None,
-            "s_per_epoch": seconds / max(epochs, 1),
-            "projected_200_epochs_s": 200 * seconds / max(epochs, 1),
+            "s_per_epoch": seconds / epochs if epochs else None,
+            "projected_200_epochs_s": 200 * seconds / epochs if epochs else None,
             "validation_s": clock.validation,
             "gpu_busy_fraction": busy.fraction,
             "status": "ok",

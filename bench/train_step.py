@@ -182,11 +182,51 @@ def _in_tmp(fn):
             os.chdir(here)
 
 
-def time_config_fit(config: str, epochs: int, overrides: list[str]) -> dict:
+#: ``--emulate-fixes``: the overrides of the fixes proposed for files outside this bench (see _emulate_fixes)
+FIX_OVERRIDES = ["--model.init_args.optimizer.init_args.fused", "true"]
+
+
+def _emulate_fixes(cli) -> None:
+    """What the proposed fixes would save, applied to a built trainer (a measurement, not the fixes):
+    NC figures only at the end of training (here: none, which the differencing cancels anyway), one
+    checkpoint write per epoch (``save_last: link``), a progress bar drawn every 10 steps, evaluation
+    splits on the device pipeline like the training split, and (``FIX_OVERRIDES``) a fused SGD, whose
+    step skips a non-finite update itself so the finite guard needs no per-step parameter copy."""
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from lt_lightning.callbacks import NeuralCollapseCallback
+    from lt_lightning.data.device_pipeline import DeviceLoader, spec_from_transform
+
+    for cb in cli.trainer.callbacks:
+        if isinstance(cb, NeuralCollapseCallback):
+            cb.log_figures = False
+        elif isinstance(cb, ModelCheckpoint) and cb.save_last is True:
+            cb.save_last = "link"
+        elif isinstance(cb, TQDMProgressBar):
+            cb._refresh_rate = 10
+    dm = cli.datamodule
+    if dm.pipeline != "device":
+        return
+    for name, split in (("val_dataloader", "val_dataset"), ("train_eval_dataloader", "train_eval_dataset")):
+        make = getattr(dm, name)
+
+        def on_device(make=make, split=split):
+            loader = make()
+            data = getattr(dm, split)
+            spec = spec_from_transform(data.transform)
+            device = cli.trainer.strategy.root_device
+            return DeviceLoader(data.images, data.targets, loader.sampler, loader.batch_size, spec, device)
+
+        setattr(dm, name, on_device)
+
+
+def time_config_fit(config: str, epochs: int, overrides: list[str], fixes: bool = False) -> dict:
     """``trainer.fit`` of the config's trainer (wall seconds) and the clock's breakdown."""
 
     def run():
-        cli = _cli(config, epochs, overrides)
+        cli = _cli(config, epochs, [*overrides, *FIX_OVERRIDES] if fixes else overrides)
+        if fixes:
+            _emulate_fixes(cli)
         clock = _Clock()
         cli.trainer.callbacks.insert(0, clock)
         clock.watch(cli.trainer)
@@ -251,7 +291,9 @@ def time_config_plain(config: str, epochs: int, overrides: list[str]) -> dict:
     return _in_tmp(run)
 
 
-def _config_row(config: str, epochs: tuple[int, int], repeats: int, overrides: list[str]) -> dict:
+def _config_row(
+    config: str, epochs: tuple[int, int], repeats: int, overrides: list[str], fixes: bool = False
+) -> dict:
     """Differenced figures of one config: ``(t(e2) − t(e1)) / Δ`` cancels start-up and the first epoch."""
     e1, e2 = epochs
     light: dict[int, list[dict]] = {e1: [], e2: []}
@@ -259,7 +301,7 @@ def _config_row(config: str, epochs: tuple[int, int], repeats: int, overrides: l
     for _ in range(repeats):  # alternate, so that load changes hit both alike
         for e in (e1, e2):
             plain[e].append(time_config_plain(config, e, overrides))
-            light[e].append(time_config_fit(config, e, overrides))
+            light[e].append(time_config_fit(config, e, overrides, fixes))
 
     def med(runs: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in runs)
@@ -289,6 +331,7 @@ def _config_row(config: str, epochs: tuple[int, int], repeats: int, overrides: l
     return {
         "config": config,
         "overrides": " ".join(overrides),
+        "emulated_fixes": fixes,
         "epochs": list(epochs),
         "steps_per_epoch": steps_per_epoch,
         "plain_ms_per_step": plain_step,
@@ -309,7 +352,12 @@ def _config_row(config: str, epochs: tuple[int, int], repeats: int, overrides: l
 
 
 def run_configs(
-    configs: list[str], epochs: list[int], repeats: int, overrides: list[str], out: str | None
+    configs: list[str],
+    epochs: list[int],
+    repeats: int,
+    overrides: list[str],
+    out: str | None,
+    emulate_fixes: bool = False,
 ) -> list[dict]:
     """Config mode: a row per config (``["digits"]``: every trainable digits method), a table, a JSON.
 
@@ -326,7 +374,7 @@ def run_configs(
         raise ValueError(f"--epochs needs two different counts >= 1, got {epochs}")
     names = [f"configs/digits_lt/{m}.yaml" for m in DIGITS_METHODS] if configs == ["digits"] else configs
     names = [str(Path(c).resolve()) for c in names]  # the fits run in temporary folders
-    rows = [_config_row(c, (e1, e2), repeats, list(overrides)) for c in names]
+    rows = [_config_row(c, (e1, e2), repeats, list(overrides), emulate_fixes) for c in names]
     print(
         f"\n{'config':<28} {'plain ms/step':>13} {'Lightning ms/step':>17} {'ratio':>6} {'step ms':>8} "
         f"{'epoch fixed ms':>14} {'val ms':>7} {'ckpt write ms':>13}"
@@ -344,6 +392,7 @@ def run_configs(
         )
         print(f"  {Path(r['config']).stem}: callback ms per epoch: {hooks}")
     meta = {
+        "emulated_fixes": emulate_fixes,
         "epochs": [e1, e2],
         "repeats": repeats,
         "threads": torch.get_num_threads(),
@@ -369,9 +418,17 @@ def main() -> None:
     parser.add_argument("--epochs", nargs=2, type=int, default=[5, 45], help="config mode: two epoch counts")
     parser.add_argument("--out", default=None, help="config mode: the JSON file to write")
     parser.add_argument("overrides", nargs="*", help="config mode: command-line overrides after --")
+    parser.add_argument(
+        "--emulate-fixes",
+        action="store_true",
+        help="config mode: measure the proposed fixes (see _emulate_fixes)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.config:
-        run_configs(args.config, args.epochs, args.repeats, args.overrides, args.out)
+        run_configs(args.config, args.epochs, args.repeats, args.overrides, args.out, args.emulate_fixes)
         return
     torch.manual_seed(0)
     if args.quick:
