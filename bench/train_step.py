@@ -215,7 +215,8 @@ def _emulate_fixes(cli) -> None:
             data = getattr(dm, split)
             spec = spec_from_transform(data.transform)
             device = cli.trainer.strategy.root_device
-            return DeviceLoader(data.images, data.targets, loader.sampler, loader.batch_size, spec, device)
+            arrays = getattr(data, "images", getattr(data, "inputs", None))
+            return DeviceLoader(arrays, data.targets, loader.sampler, loader.batch_size, spec, device)
 
         setattr(dm, name, on_device)
 
