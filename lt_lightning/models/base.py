@@ -39,6 +39,7 @@ __all__ = ["CLASS_PATH_KEY", "LongTailModule"]
 
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
 CLASS_PATH_KEY = "lt_lightning_class_path"
+_PLAIN_STEP_ATTRIBUTES = frozenset({"_current_fx_name", "finite_flags"})  # never parameters/buffers
 
 
 def finite_flags(loss: Tensor, features: Tensor) -> Tensor:
@@ -76,8 +77,6 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         channels_last: keep the backbone's weights and image inputs in ``torch.channels_last`` format.
         compile_backbone: ``True`` compiles the backbone, ``"step"`` the step's model part with CUDA graphs;
             GPU only (:func:`~lt_lightning.models.parts.compile_parts`; state-dict keys unchanged).
-
-    Logs ``train/loss_step`` every ``log_every_n_steps`` steps and epoch means summed on the device.
 
     Mixed precision (``bf16-mixed`` / ``16-mixed``) works for every method; where precision matters the
     pieces stay wider (the ETF buffer and parameters float32, the nearest-ETF solve, TDE's head and the DR
@@ -133,6 +132,12 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         self.val_metrics = ShotAccuracy(num_classes, shot_groups=groups)
         self.test_metrics = ShotAccuracy(num_classes, shot_groups=groups)
         self.finite_flags: Tensor | None = None  # set by training_step, read by the finite guard
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # set ~40 times a step (Lightning names the running hook): nn.Module's checks would store it alike
+        if name in _PLAIN_STEP_ATTRIBUTES:
+            return object.__setattr__(self, name, value)
+        super().__setattr__(name, value)
 
     # ---- what a method overrides ------------------------------------------------------------------
     def compute_loss(self, logits: Tensor, features: Tensor, targets: Tensor, count_labels: Tensor) -> Tensor:
@@ -217,11 +222,8 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
             )
         optimizer = self.optimizer(named)  # named parameters: errors (AGD's) can name a parameter
         max_epochs = self.trainer.max_epochs
-        scheduler = self.lr_schedule.build(
-            optimizer,
-            max_epochs=max_epochs,
-            steps_per_epoch=lambda: self.trainer.estimated_stepping_batches / max_epochs,
-        )
+        steps = lambda: self.trainer.estimated_stepping_batches / max_epochs  # noqa: E731 (asked lazily)
+        scheduler = self.lr_schedule.build(optimizer, max_epochs=max_epochs, steps_per_epoch=steps)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -241,9 +243,8 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``, always weights-only, that also reads checkpoints of
-        lt_lightning 0.1 (migrated: :mod:`lt_lightning.models.migration`) and, called on a factory
-        (``DecoupledModule``), returns the class the checkpoint names."""
+        """Lightning's ``load_from_checkpoint``, always weights-only; also reads lt_lightning 0.1 checkpoints
+        (:mod:`~lt_lightning.models.migration`); on a factory (``DecoupledModule``) gives the named class."""
         target, source = checkpoint_source(checkpoint_path, cls, LongTailModule)
         kwargs.setdefault("weights_only", True)
         return super(LongTailModule, target).load_from_checkpoint(source, *args, **kwargs)
