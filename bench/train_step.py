@@ -3,9 +3,16 @@ optimiser), in one process. Prints a table and writes bench/results/train_step.j
 
     python bench/train_step.py            # ResNet-32 (64-d) on CIFAR-sized random batches of 128
     python bench/train_step.py --quick    # MLP on digits-sized inputs, for a smoke run
+    python bench/train_step.py --config configs/digits_lt/joint.yaml --epochs 5 45 \
+        -- --data.init_args.pipeline device   # what a user runs, start-up differenced away
 
 Overhead = plain samples/s ÷ Lightning samples/s − 1 (target ≤ 5 %). Warm-up steps are excluded from
 both timings; the two runs alternate and the median of ``--repeats`` is reported.
+
+``--config`` (one or more shipped configs, or ``--config digits`` for every trainable digits method)
+builds the trainer from the config as ``lt-lightning fit`` does (its callbacks, logger, checkpointing,
+progress bar and data pipeline) and compares it with a plain loop over the same datamodule's training
+loader, and writes bench/results/train_config.json (see :func:`run_configs` for the figures).
 """
 
 from __future__ import annotations
@@ -90,13 +97,340 @@ def time_plain(model, loader, steps: int, warmup: int) -> float:
     return time.perf_counter() - start
 
 
+# ---- config mode: what a user runs -----------------------------------------------------------------
+#: the digits configs of the methods that train (stage-2 configs need a stage-1 checkpoint)
+DIGITS_METHODS = ("joint", "fixed_etf", "fixed_etf_ce", "tde", "implicit_etf", "ldam_drw")
+
+
+class _Clock(L.Callback):
+    """Per-step intervals (batch start to the next batch start, so the loader's fetch, the step and every
+    hook count), validation time, and the time spent in every other callback's hooks."""
+
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+        self.hooks: dict[str, float] = {}
+        self.validation = 0.0
+        self.writes: list[float] = []
+        self._last: float | None = None
+        self._val_start = 0.0
+
+    def on_train_epoch_start(self, *args) -> None:
+        self._last = None
+
+    def on_train_batch_start(self, *args) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.steps.append(now - self._last)
+        self._last = now
+
+    def on_train_epoch_end(self, *args) -> None:
+        self._last = None
+
+    def on_validation_start(self, *args) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, *args) -> None:
+        self.validation += time.perf_counter() - self._val_start
+
+    def watch(self, trainer: L.Trainer) -> None:
+        """Time every other callback's hooks (per class) and every checkpoint file write."""
+        for cb in trainer.callbacks:
+            if cb is self:
+                continue
+            name = type(cb).__name__
+            for hook in dir(L.Callback):
+                if hook.startswith("on_") and hook != "on_exception":
+                    setattr(cb, hook, self._timed(getattr(cb, hook), name))
+        io = trainer.strategy.checkpoint_io
+        write = io.save_checkpoint
+
+        def timed_write(*a, **k):
+            start = time.perf_counter()
+            write(*a, **k)
+            self.writes.append(time.perf_counter() - start)
+
+        io.save_checkpoint = timed_write
+
+    def _timed(self, fn, name: str):
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.hooks[name] = self.hooks.get(name, 0.0) + time.perf_counter() - start
+
+        return timed
+
+
+def _cli(config: str, epochs: int, overrides: list[str]):
+    from lt_lightning.cli import build_cli
+
+    args = ["-c", config, "--trainer.max_epochs", str(epochs), *overrides]
+    return build_cli(args, run=False)
+
+
+def _in_tmp(fn):
+    """Run ``fn()`` in a fresh temporary working folder (the configs' run folders and logs go there)."""
+    import tempfile
+
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            return fn()
+        finally:
+            os.chdir(here)
+
+
+#: ``--emulate-fixes``: the overrides of the fixes proposed for files outside this bench (see _emulate_fixes)
+FIX_OVERRIDES = ["--model.init_args.optimizer.init_args.fused", "true"]
+
+
+def _emulate_fixes(cli) -> None:
+    """What the proposed fixes would save, applied to a built trainer (a measurement, not the fixes):
+    NC figures only at the end of training (here: none, which the differencing cancels anyway), one
+    checkpoint write per epoch (``save_last: link``), a progress bar drawn every 10 steps, evaluation
+    splits on the device pipeline like the training split, and (``FIX_OVERRIDES``) a fused SGD, whose
+    step skips a non-finite update itself so the finite guard needs no per-step parameter copy."""
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from lt_lightning.callbacks import NeuralCollapseCallback
+    from lt_lightning.data.device_pipeline import DeviceLoader, spec_from_transform
+
+    for cb in cli.trainer.callbacks:
+        if isinstance(cb, NeuralCollapseCallback):
+            cb.log_figures = False
+        elif isinstance(cb, ModelCheckpoint) and cb.save_last is True:
+            cb.save_last = "link"
+        elif isinstance(cb, TQDMProgressBar):
+            cb._refresh_rate = 10
+    dm = cli.datamodule
+    if dm.pipeline != "device":
+        return
+    for name, split in (("val_dataloader", "val_dataset"), ("train_eval_dataloader", "train_eval_dataset")):
+        make = getattr(dm, name)
+
+        def on_device(make=make, split=split):
+            loader = make()
+            data = getattr(dm, split)
+            spec = spec_from_transform(data.transform)
+            device = cli.trainer.strategy.root_device
+            arrays = getattr(data, "images", getattr(data, "inputs", None))
+            return DeviceLoader(arrays, data.targets, loader.sampler, loader.batch_size, spec, device)
+
+        setattr(dm, name, on_device)
+
+
+def time_config_fit(config: str, epochs: int, overrides: list[str], fixes: bool = False) -> dict:
+    """``trainer.fit`` of the config's trainer (wall seconds) and the clock's breakdown."""
+
+    def run():
+        cli = _cli(config, epochs, [*overrides, *FIX_OVERRIDES] if fixes else overrides)
+        if fixes:
+            _emulate_fixes(cli)
+        clock = _Clock()
+        cli.trainer.callbacks.insert(0, clock)
+        clock.watch(cli.trainer)
+        start = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        total = time.perf_counter() - start
+        return {
+            "seconds": total,
+            "steps": cli.trainer.global_step,
+            "step_ms": 1e3 * statistics.median(clock.steps) if clock.steps else float("nan"),
+            "validation_s": clock.validation,
+            "callbacks_s": dict(clock.hooks),
+            "checkpoint_writes": len(clock.writes),
+            "checkpoint_write_s": sum(clock.writes),
+            "logger": type(cli.trainer.logger).__name__ if cli.trainer.logger else None,
+        }
+
+    return _in_tmp(run)
+
+
+def _plain_step(model, x, y, epoch: int, batch_idx: int):
+    """The training step's maths (mixup, features, head, loss) without Lightning's machinery."""
+    mixup = model.mixup
+    if mixup is not None and mixup.alpha > 0:
+        x, y_a, y_b, lam = mixup(x, y, seed=model.hparams.seed, epoch=epoch, rank=0, batch_idx=batch_idx)
+        features = model.extract_features(x)
+        model.on_train_features(features, y)
+        logits = model.forward_head(features)
+        loss = lam * model.compute_loss(logits, features, y_a, y)
+        return loss + (1 - lam) * model.compute_loss(logits, features, y_b, y)
+    features = model.extract_features(x)
+    model.on_train_features(features, y)
+    return model.compute_loss(model.forward_head(features), features, y, y)
+
+
+def time_config_plain(config: str, epochs: int, overrides: list[str]) -> dict:
+    """The same model, datamodule training loader and optimizer in a hand-written loop of ``epochs``."""
+
+    def run():
+        cli = _cli(config, epochs, overrides)
+        model, dm = cli.model, cli.datamodule
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        device = torch.device("cuda" if torch.cuda.is_available() and cli.trainer.on_gpu else "cpu")
+        model.to(device).train()
+        opt = model.optimizer(model.named_trainable_parameters())
+        steps = 0
+        start = time.perf_counter()
+        for epoch in range(epochs):
+            loader.sampler.set_epoch(epoch)
+            for i, (x, y) in enumerate(loader):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = _plain_step(model, x, y, epoch, i)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return {"seconds": time.perf_counter() - start, "steps": steps}
+
+    return _in_tmp(run)
+
+
+def _config_row(
+    config: str, epochs: tuple[int, int], repeats: int, overrides: list[str], fixes: bool = False
+) -> dict:
+    """Differenced figures of one config: ``(t(e2) − t(e1)) / Δ`` cancels start-up and the first epoch."""
+    e1, e2 = epochs
+    light: dict[int, list[dict]] = {e1: [], e2: []}
+    plain: dict[int, list[dict]] = {e1: [], e2: []}
+    for _ in range(repeats):  # alternate, so that load changes hit both alike
+        for e in (e1, e2):
+            plain[e].append(time_config_plain(config, e, overrides))
+            light[e].append(time_config_fit(config, e, overrides, fixes))
+
+    def med(runs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    d_steps = light[e2][0]["steps"] - light[e1][0]["steps"]
+    d_plain_steps = plain[e2][0]["steps"] - plain[e1][0]["steps"]
+    light_step = 1e3 * (med(light[e2], "seconds") - med(light[e1], "seconds")) / d_steps
+    plain_step = 1e3 * (med(plain[e2], "seconds") - med(plain[e1], "seconds")) / d_plain_steps
+    steps_per_epoch = d_steps / (e2 - e1)
+    in_step = med(light[e2], "step_ms")
+    epoch_ms = light_step * steps_per_epoch
+    long = light[e2][len(light[e2]) // 2]
+    d_epochs = e2 - e1
+
+    def per_epoch_ms(key: str) -> float:
+        return 1e3 * (med(light[e2], key) - med(light[e1], key)) / d_epochs
+
+    hooks = {
+        name: 1e3
+        * (
+            statistics.median(r["callbacks_s"].get(name, 0.0) for r in light[e2])
+            - statistics.median(r["callbacks_s"].get(name, 0.0) for r in light[e1])
+        )
+        / d_epochs
+        for name in long["callbacks_s"]
+    }
+    return {
+        "config": config,
+        "overrides": " ".join(overrides),
+        "emulated_fixes": fixes,
+        "epochs": list(epochs),
+        "steps_per_epoch": steps_per_epoch,
+        "plain_ms_per_step": plain_step,
+        "lightning_ms_per_step": light_step,
+        "ratio_per_step": light_step / plain_step,
+        "step_ms": in_step,
+        "step_ratio": in_step / plain_step,
+        "epoch_fixed_ms": epoch_ms - in_step * steps_per_epoch,
+        "validation_ms_per_epoch": per_epoch_ms("validation_s"),
+        "checkpoint_write_ms_per_epoch": per_epoch_ms("checkpoint_write_s"),
+        "checkpoint_writes_per_epoch": (long["checkpoint_writes"] - light[e1][0]["checkpoint_writes"])
+        / d_epochs,
+        "callback_ms_per_epoch": hooks,
+        "logger": long["logger"],
+        "lightning_s": {str(e): [r["seconds"] for r in light[e]] for e in epochs},
+        "plain_s": {str(e): [r["seconds"] for r in plain[e]] for e in epochs},
+    }
+
+
+def run_configs(
+    configs: list[str],
+    epochs: list[int],
+    repeats: int,
+    overrides: list[str],
+    out: str | None,
+    emulate_fixes: bool = False,
+) -> list[dict]:
+    """Config mode: a row per config (``["digits"]``: every trainable digits method), a table, a JSON.
+
+    Figures (milliseconds; Lightning minus plain per step is the machinery's cost):
+    ``plain_ms_per_step`` / ``lightning_ms_per_step``: differenced wall time per training step, the
+    Lightning one including everything done once an epoch (validation, checkpoints, callbacks) spread
+    over the epoch's steps; ``ratio_per_step`` their quotient. ``step_ms``: the median interval between
+    two training batches' starts (loader, step, per-step hooks and logging); ``epoch_fixed_ms``: the rest
+    of an epoch (validation, checkpoint writes, epoch-end callbacks); ``callback_ms_per_epoch``: each
+    callback's hooks (a checkpoint callback's includes its writes).
+    """
+    e1, e2 = sorted(epochs)
+    if e1 < 1 or e1 == e2:
+        raise ValueError(f"--epochs needs two different counts >= 1, got {epochs}")
+    names = [f"configs/digits_lt/{m}.yaml" for m in DIGITS_METHODS] if configs == ["digits"] else configs
+    names = [str(Path(c).resolve()) for c in names]  # the fits run in temporary folders
+    rows = [_config_row(c, (e1, e2), repeats, list(overrides), emulate_fixes) for c in names]
+    print(
+        f"\n{'config':<28} {'plain ms/step':>13} {'Lightning ms/step':>17} {'ratio':>6} {'step ms':>8} "
+        f"{'epoch fixed ms':>14} {'val ms':>7} {'ckpt write ms':>13}"
+    )
+    for r in rows:
+        short = "/".join(Path(r["config"]).parts[-2:])
+        print(
+            f"{short:<28} {r['plain_ms_per_step']:>13.2f} {r['lightning_ms_per_step']:>17.2f} "
+            f"{r['ratio_per_step']:>6.2f} {r['step_ms']:>8.2f} {r['epoch_fixed_ms']:>14.1f} "
+            f"{r['validation_ms_per_epoch']:>7.1f} {r['checkpoint_write_ms_per_epoch']:>13.1f}"
+        )
+    for r in rows:
+        hooks = ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(r["callback_ms_per_epoch"].items(), key=lambda kv: -kv[1])
+        )
+        print(f"  {Path(r['config']).stem}: callback ms per epoch: {hooks}")
+    meta = {
+        "emulated_fixes": emulate_fixes,
+        "epochs": [e1, e2],
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "overrides": list(overrides),
+    }
+    path = Path(out) if out else RESULTS / "train_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (default: all)")
+    parser.add_argument(
+        "--config", nargs="+", default=None, help="shipped configs (or 'digits'): config mode"
+    )
+    parser.add_argument("--epochs", nargs=2, type=int, default=[5, 45], help="config mode: two epoch counts")
+    parser.add_argument("--out", default=None, help="config mode: the JSON file to write")
+    parser.add_argument("overrides", nargs="*", help="config mode: command-line overrides after --")
+    parser.add_argument(
+        "--emulate-fixes",
+        action="store_true",
+        help="config mode: measure the proposed fixes (see _emulate_fixes)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.config:
+        run_configs(args.config, args.epochs, args.repeats, args.overrides, args.out, args.emulate_fixes)
+        return
     torch.manual_seed(0)
     if args.quick:
         k, shape, batch, steps = 10, (1, 8, 8), 64, args.steps or 200

@@ -200,6 +200,8 @@ class DeviceLoader(ResumePosition):
     """
 
     batch_size: int
+    #: batches come from ``sampler`` and ``batch_size`` (Lightning's evaluation loop reads this attribute)
+    batch_sampler = None
 
     def __init__(
         self,

@@ -24,9 +24,12 @@ from lt_lightning.models.migration import checkpoint_source
 from lt_lightning.models.parts import (
     LINKED_FACTS,
     Backbone,
+    CompileOption,
     NeckMode,
+    TrainMeans,
     build_representation,
     check_data_facts,
+    compile_parts,
     give_parts,
 )
 from lt_lightning.optim import LRSchedule, OptimizerFactory
@@ -36,6 +39,7 @@ __all__ = ["CLASS_PATH_KEY", "LongTailModule"]
 
 #: checkpoint key holding the module's import path, so stage 2 can rebuild any stage-1 method
 CLASS_PATH_KEY = "lt_lightning_class_path"
+_PLAIN_STEP_ATTRIBUTES = frozenset({"_current_fx_name", "finite_flags"})  # never parameters/buffers
 
 
 def finite_flags(loss: Tensor, features: Tensor) -> Tensor:
@@ -71,7 +75,8 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
             seeded per batch from ``(seed, epoch, rank, batch index)``.
         seed: seed of the module's own randomness (mixup).
         channels_last: keep the backbone's weights and image inputs in ``torch.channels_last`` format.
-        compile_backbone: wrap the backbone in ``torch.compile`` (at ``setup``; state-dict keys unchanged).
+        compile_backbone: ``True`` compiles the backbone, ``"step"`` the step's model part with CUDA graphs;
+            GPU only (:func:`~lt_lightning.models.parts.compile_parts`; state-dict keys unchanged).
 
     Mixed precision (``bf16-mixed`` / ``16-mixed``) works for every method; where precision matters the
     pieces stay wider (the ETF buffer and parameters float32, the nearest-ETF solve, TDE's head and the DR
@@ -105,7 +110,7 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         mixup: Mixup | None = None,
         seed: int = 0,
         channels_last: bool = False,
-        compile_backbone: bool = False,
+        compile_backbone: CompileOption = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -119,22 +124,20 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         self.class_counts = None if class_counts is None else [int(n) for n in class_counts]
         groups = None if shot_groups is None else check_shot_groups(shot_groups, num_classes)
         self.optimizer, self.lr_schedule, self.mixup = give_parts(self.hparams, optimizer, lr_schedule, mixup)
-        parts = (
-            backbone,
-            backbone_kwargs,
-            fixdim,
-            trainable_backbone,
-            neck,
-            feature_scale,
-            num_classes,
-            channels_last,
-        )
-        self.backbone, self.neck, self.feature_dim = build_representation(*parts)
+        rep = (backbone, backbone_kwargs, fixdim, trainable_backbone, neck, feature_scale, num_classes)
+        self.backbone, self.neck, self.feature_dim = build_representation(*rep, channels_last)
         self.channels_last, self.compile_backbone = channels_last, compile_backbone
-        self._compiled_backbone: nn.Module | None = None
+        self._compiled: dict[str, Any] = {}  # compile_parts' callables, from setup
+        self._train_means = TrainMeans()
         self.val_metrics = ShotAccuracy(num_classes, shot_groups=groups)
         self.test_metrics = ShotAccuracy(num_classes, shot_groups=groups)
         self.finite_flags: Tensor | None = None  # set by training_step, read by the finite guard
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # set ~40 times a step (Lightning names the running hook): nn.Module's checks would store it alike
+        if name in _PLAIN_STEP_ATTRIBUTES:
+            return object.__setattr__(self, name, value)
+        super().__setattr__(name, value)
 
     # ---- what a method overrides ------------------------------------------------------------------
     def compute_loss(self, logits: Tensor, features: Tensor, targets: Tensor, count_labels: Tensor) -> Tensor:
@@ -149,8 +152,9 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         """``[N, d]`` features: the classifier's input (after the neck)."""
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        backbone = self._compiled_backbone if self._compiled_backbone is not None else self.backbone
-        return self.neck(backbone(x))
+        if "representation" in self._compiled:  # compile_parts' backbone → neck
+            return self._compiled["representation"](x)
+        return self.neck(self._compiled.get("backbone", self.backbone)(x))
 
     def forward_head(self, features: Tensor) -> Tensor:
         """``[N, K]`` logits used for prediction."""
@@ -173,9 +177,9 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
             groups = check_data_facts(type(self).__name__, dict(zip(LINKED_FACTS, given)), dm)
             if groups is not None:
                 self.use_shot_groups(groups)
-        if self.compile_backbone and self._compiled_backbone is None:
-            # compile wraps a reference: parameters and state-dict keys stay those of the plain backbone
-            object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))
+        if self.compile_backbone and not self._compiled:  # the module moves to its device after setup
+            device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+            self._compiled = compile_parts(self, self.compile_backbone, device)
 
     def use_shot_groups(self, groups: Sequence[int]) -> None:
         """Evaluate many/medium/few with ``groups`` ``[K]`` in every :class:`ShotAccuracy` of the module."""
@@ -194,18 +198,18 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
         features = self.extract_features(x)
         self.on_train_features(features, y)
         logits = self.forward_head(features)
+        compute_loss = self._compiled.get("loss", self.compute_loss)
         if mixed:
-            loss = lam * self.compute_loss(logits, features, y_a, y)
-            loss = loss + (1 - lam) * self.compute_loss(logits, features, y_b, y)
+            loss = lam * compute_loss(logits, features, y_a, y)
+            loss = loss + (1 - lam) * compute_loss(logits, features, y_b, y)
         else:
-            loss = self.compute_loss(logits, features, y, y)
+            loss = compute_loss(logits, features, y, y)
         self.finite_flags = finite_flags(loss, features)  # device tensor: no host sync here
-        # sync_dist: under DDP the logged values are means over all ranks' samples (an all-reduce)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
-        if not mixed:
-            acc = (logits.argmax(dim=1) == y).float().mean()
-            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self._train_means.step(self, loss, None if mixed else logits, y)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._train_means.log_epoch(self)
 
     def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
@@ -218,11 +222,8 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
             )
         optimizer = self.optimizer(named)  # named parameters: errors (AGD's) can name a parameter
         max_epochs = self.trainer.max_epochs
-        scheduler = self.lr_schedule.build(
-            optimizer,
-            max_epochs=max_epochs,
-            steps_per_epoch=lambda: self.trainer.estimated_stepping_batches / max_epochs,
-        )
+        steps = lambda: self.trainer.estimated_stepping_batches / max_epochs  # noqa: E731 (asked lazily)
+        scheduler = self.lr_schedule.build(optimizer, max_epochs=max_epochs, steps_per_epoch=steps)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -242,9 +243,8 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``, always weights-only, that also reads checkpoints of
-        lt_lightning 0.1 (migrated: :mod:`lt_lightning.models.migration`) and, called on a factory
-        (``DecoupledModule``), returns the class the checkpoint names."""
+        """Lightning's ``load_from_checkpoint``, always weights-only; also reads lt_lightning 0.1 checkpoints
+        (:mod:`~lt_lightning.models.migration`); on a factory (``DecoupledModule``) gives the named class."""
         target, source = checkpoint_source(checkpoint_path, cls, LongTailModule)
         kwargs.setdefault("weights_only", True)
         return super(LongTailModule, target).load_from_checkpoint(source, *args, **kwargs)

@@ -9,8 +9,8 @@ fields. :func:`give_parts` turns either form into the objects a module uses and 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -31,9 +31,12 @@ from lt_lightning.optim import (
 __all__ = [
     "LINKED_FACTS",
     "Backbone",
+    "CompileOption",
     "NeckMode",
+    "TrainMeans",
     "build_representation",
     "check_data_facts",
+    "compile_parts",
     "give_parts",
     "mixup_from_config",
 ]
@@ -78,6 +81,93 @@ def build_representation(
         net.to(memory_format=torch.channels_last)
     head_input = neck if isinstance(neck, nn.Module) else FeatureNeck(d, neck, scale=feature_scale)
     return net, head_input, d
+
+
+#: ``compile_backbone``: False (eager), True (the backbone), ``"step"`` (the training step's model part)
+CompileOption = bool | Literal["step"]
+
+
+def compile_parts(module: Any, option: CompileOption, device: torch.device) -> dict[str, Callable[..., Any]]:
+    """The compiled callables a module uses in place of its eager parts (empty: all eager).
+
+    ``True`` compiles the backbone; ``"step"`` compiles what a training step computes: backbone → neck
+    as one graph and ``compute_loss``, with CUDA graphs (``mode="reduce-overhead"``: one launch per part
+    instead of one per kernel; Lightning's loop, the optimizer and the callbacks stay outside the graphs).
+    Compiling wraps references, so parameters and state-dict keys stay those of the eager module.
+    On a CPU the option is off (with a warning): a small network's step is as fast eager, and the
+    compile costs more than a short CPU run.
+    """
+    if option not in (False, True, "step"):
+        raise ValueError(f"compile_backbone must be false, true or 'step', got {option!r}")
+    if not option:
+        return {}
+    if device.type != "cuda":
+        rank_zero_warn(
+            f"compile_backbone={option!r} is off on {device.type}: the module runs eager (CUDA only)"
+        )
+        return {}
+    if option is True:
+        return {"backbone": torch.compile(module.backbone)}
+    representation = nn.Sequential(module.backbone, module.neck)  # the same modules, not copies
+    return {
+        "representation": torch.compile(representation, mode="reduce-overhead"),
+        "loss": torch.compile(module.compute_loss, mode="reduce-overhead"),
+    }
+
+
+class TrainMeans:
+    """Epoch means of the training loss and accuracy, summed on the device with no per-step host read
+    and no per-step logging call: ``[2]`` sums (loss · batch size, correct predictions) on the device,
+    the sample counts as host ints (known without reading the device)."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.n = self.n_acc = 0
+
+    def step(
+        self, module: Any, loss: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor
+    ) -> None:
+        """Add a training batch (``logits`` None: no accuracy, e.g. mixup); log ``train/loss_step`` on
+        the steps Lightning's logger writes (every ``log_every_n_steps``), the only logging call of a step."""
+        self.add(loss, logits, targets)
+        trainer = module._trainer
+        every = trainer.log_every_n_steps if trainer is not None else 0  # no trainer: nothing to log to
+        if every and (module.global_step + 1) % every == 0:
+            # sync_dist: under DDP the value is the mean over ranks (an all-reduce every n steps only)
+            module.log(
+                "train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(targets), sync_dist=True
+            )
+
+    def log_epoch(self, module: Any) -> None:
+        """Log the epoch means (``train/loss_epoch``, ``train/loss`` for callbacks, ``train/acc``) and reset."""
+        strategy = module.trainer.strategy
+        loss, acc = self.pop(lambda t: strategy.reduce(t, reduce_op="sum"))
+        if loss is not None:  # train/loss: the name Lightning's callback_metrics give the epoch mean
+            module.log("train/loss_epoch", loss, on_epoch=True)
+            module.log("train/loss", loss, on_epoch=True, logger=False)
+        if acc is not None:
+            module.log("train/acc", acc, on_epoch=True)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor) -> None:
+        n = len(targets)
+        correct = (logits.argmax(dim=1) == targets).sum() if logits is not None else loss.new_zeros(())
+        step = torch.stack((loss.detach().float() * n, correct.float()))
+        self.sums = step if self.sums is None else self.sums.add_(step)
+        self.n += n
+        self.n_acc += n if logits is not None else 0
+
+    def pop(
+        self, reduce: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(mean loss, mean accuracy)`` as 0-d device tensors over all ranks (``reduce``: a sum over
+        ranks), None where nothing was summed; resets the sums."""
+        if self.sums is None:
+            return None, None
+        has_acc = self.n_acc > 0  # the same on every rank (mixup is on or off for the run)
+        counts = torch.tensor([self.n, self.n_acc], dtype=torch.float32, device=self.sums.device)
+        total = reduce(torch.cat((self.sums, counts)))  # one collective per epoch under DDP
+        self.sums, self.n, self.n_acc = None, 0, 0
+        return total[0] / total[2], (total[1] / total[3] if has_acc else None)
 
 
 def _freeze_all_but(

@@ -365,3 +365,23 @@ def test_device_pipeline_under_real_ddp_takes_the_samplers_slices(tmp_path):
         together = records[0]["epochs"][epoch] + records[1]["epochs"][epoch]
         assert together == reference_padded_order(reference.global_indices(int(epoch)).tolist(), 2)
     assert records[0]["epochs"]["0"] != records[0]["epochs"]["1"]  # set_epoch reached the sampler
+
+
+def test_a_device_loader_over_an_evaluation_split_gives_the_dataloader_s_batches(tmp_path):
+    # the evaluation loaders can use DeviceLoader too (the eval transform is ToTensor + Normalize, so no
+    # parameters are drawn): same samples, same order, same values to float32 rounding, per rank
+    write_cifar(tmp_path, 10, 20, 4)
+    dm = CIFAR10LTDataModule(data_dir=str(tmp_path), imbalance_ratio=10, max_count=20, batch_size=16)
+    dm.setup("fit")
+    for dataset, loader in (
+        (dm.val_dataset, dm.val_dataloader()),
+        (dm.train_eval_dataset, dm.train_eval_dataloader()),
+    ):
+        spec = spec_from_transform(dataset.transform)
+        assert spec.crop_padding == 0 and not spec.flip
+        device = DeviceLoader(dataset.images, dataset.targets, loader.sampler, loader.batch_size, spec)
+        assert len(device) == len(loader)
+        pairs = list(zip(device, loader, strict=True))
+        for (x, y), (x_ref, y_ref) in pairs:
+            assert torch.equal(y, y_ref)
+            torch.testing.assert_close(x, x_ref, atol=1e-6, rtol=0)

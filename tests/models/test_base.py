@@ -16,6 +16,7 @@ from lt_lightning.losses import logit_adjusted_cross_entropy
 from lt_lightning.metrics import ShotAccuracy
 from lt_lightning.models import JointModule, TDEModule
 from lt_lightning.models.base import CLASS_PATH_KEY, finite_flags
+from lt_lightning.models.parts import TrainMeans, compile_parts
 from lt_lightning.optim import LRSchedule
 from lt_lightning.spec import shot_groups
 from tests.models.helpers import D, cpu_trainer, model_kwargs, sgd, synthetic_dm
@@ -258,15 +259,89 @@ def test_channels_last_gives_the_same_values_and_keys():
     assert cl.state_dict().keys() == plain.state_dict().keys()
 
 
-@pytest.mark.slow
-def test_a_compiled_backbone_gives_the_same_outputs_and_keys():
+def test_compile_is_off_on_a_cpu_with_a_warning():
+    dm = synthetic_dm()
+    model = JointModule(**model_kwargs(dm, compile_backbone=True))
+    with pytest.warns(UserWarning, match="compile_backbone=True is off on cpu"):
+        model.setup("fit")
+    assert model._compiled == {}
+    with pytest.raises(ValueError, match="compile_backbone must be false, true or 'step', got 'all'"):
+        compile_parts(model, "all", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("option, parts", [(True, {"backbone"}), ("step", {"representation", "loss"})])
+def test_compiled_parts_are_the_ones_a_step_uses(monkeypatch, option, parts):
+    # torch.compile replaced by a recorder: which callables are compiled, with which mode, and that the
+    # step calls them (a GPU compiles for real; the outputs are the eager ones by torch.compile's contract)
+    compiled: dict[str, object] = {}
+
+    def fake_compile(fn, mode=None):
+        calls = []
+
+        def run(*args, **kwargs):
+            calls.append(1)
+            return fn(*args, **kwargs)
+
+        compiled[getattr(fn, "__name__", type(fn).__name__)] = (mode, calls)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
     dm = synthetic_dm()
     torch.manual_seed(0)
     plain = JointModule(**model_kwargs(dm))
     torch.manual_seed(0)
-    compiled = JointModule(**model_kwargs(dm, compile_backbone=True))
-    compiled.setup("fit")
-    assert compiled._compiled_backbone is not None
-    assert compiled.state_dict().keys() == plain.state_dict().keys()
-    x = torch.randn(8, D)
-    torch.testing.assert_close(compiled(x), plain(x), atol=1e-5, rtol=1e-5)
+    model = JointModule(**model_kwargs(dm, compile_backbone=option))
+    model._compiled = compile_parts(model, option, torch.device("cuda"))
+    assert set(model._compiled) == parts
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    x, y = torch.randn(8, D), torch.randint(0, 6, (8,))
+    torch.testing.assert_close(model(x), plain(x))
+    torch.testing.assert_close(model.training_step((x, y), 0), plain.training_step((x, y), 0))
+    assert all(calls for _, calls in compiled.values()), compiled
+    modes = {mode for mode, _ in compiled.values()}
+    assert modes == ({None} if option is True else {"reduce-overhead"})  # CUDA graphs for "step"
+
+
+# ---- training logs -----------------------------------------------------------------------------------
+def test_train_means_are_sample_weighted_means_of_the_batches():
+    torch.manual_seed(0)
+    means, losses, hits, sizes = TrainMeans(), [], [], [5, 3, 8, 1]
+    for n in sizes:
+        loss, logits, y = torch.rand(()), torch.randn(n, 4), torch.randint(0, 4, (n,))
+        means.add(loss, logits, y)
+        losses.append(float(loss) * n)
+        hits.append(int((logits.argmax(1) == y).sum()))
+    loss, acc = means.pop(lambda t: t)
+    assert float(loss) == pytest.approx(sum(losses) / sum(sizes), rel=1e-6)
+    assert float(acc) == pytest.approx(sum(hits) / sum(sizes), rel=1e-6)
+    assert means.pop(lambda t: t) == (None, None)  # popped: the next epoch starts empty
+    means.add(torch.tensor(2.0), None, torch.zeros(4, dtype=torch.long))  # mixup: no accuracy
+    loss, acc = means.pop(lambda t: t)
+    assert float(loss) == 2.0 and acc is None
+
+
+def test_a_step_logs_only_on_the_logger_s_steps_and_the_epoch_means_match(tmp_path, monkeypatch):
+    dm = synthetic_dm()
+    torch.manual_seed(0)
+    model = JointModule(**model_kwargs(dm))
+    logged, batches = [], []
+    original_log, original_step = JointModule.log, JointModule.training_step
+
+    def log(self, name, value, *args, **kwargs):
+        logged.append((self.trainer.global_step, name))
+        return original_log(self, name, value, *args, **kwargs)
+
+    def step(self, batch, batch_idx):
+        loss = original_step(self, batch, batch_idx)
+        batches.append((float(loss.detach()), len(batch[1])))
+        return loss
+
+    monkeypatch.setattr(JointModule, "log", log)
+    monkeypatch.setattr(JointModule, "training_step", step)
+    trainer = cpu_trainer(tmp_path, max_epochs=1, log_every_n_steps=3, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    step_logs = [s for s, name in logged if name == "train/loss_step"]
+    assert step_logs == [s for s in range(trainer.global_step) if (s + 1) % 3 == 0]
+    assert {name for _, name in logged} == {"train/loss_step", "train/loss_epoch", "train/loss", "train/acc"}
+    mean = sum(v * n for v, n in batches) / sum(n for _, n in batches)
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(mean, rel=1e-5)

@@ -242,8 +242,8 @@ class LongTailDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory or torch.cuda.is_available(),  # page-locked: async copies to a GPU
+            persistent_workers=self.num_workers > 0,  # workers live across epochs: no re-spawn per epoch
             drop_last=drop_last,
         )
 
