@@ -292,7 +292,7 @@ def test_stage2_uses_the_split_of_its_stage1(name):
     key = "data.init_args.val_per_class"
     s1, s2 = _get(_load(f"{name.split('/')[0]}/{stage1}"), key), _get(_load(name), key)
     if name.split("/")[0] == "digits_lt":
-        return  # digits: val_per_class <= 4 never touches a training image (every class keeps 4 unused)
+        return  # digits: val_per_class <= 8 never touches a training image (the datamodule checks it per class)
     assert s1 == s2, (name, s1, s2)
 
 

@@ -42,6 +42,7 @@ class _HostReads(L.Callback):
         self.outside: Counter[str] = Counter()
         self.steps = 0
         self.checkpoints = 0
+        self.evaluations = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.active = True
@@ -52,6 +53,9 @@ class _HostReads(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.checkpoints += 1
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.evaluations += 1  # the sanity check included
 
 
 @pytest.fixture
@@ -124,10 +128,14 @@ def test_training_steps_read_nothing_back_to_the_host(counted, tmp_path, config,
     assert not inside, dict(counted.inside)
     assert all(n <= counted.steps + 1 for n in counted.inside.values()), dict(counted.inside)
     # outside the steps the finite guard reads its flags once every log_every_n_steps steps, once per
-    # checkpoint (with the weights' finiteness in the same read) and once when training ends
-    guard_reads = sum(n for k, n in counted.outside.items() if "callbacks.finite" in k)
+    # checkpoint (with the weights' finiteness in the same read) and once when training ends; its check of
+    # the evaluation inputs reads once per validation epoch
+    guard = {k: n for k, n in counted.outside.items() if "callbacks.finite" in k}
+    eval_reads = sum(n for k, n in guard.items() if ":_eval_end:" in k)
+    guard_reads = sum(guard.values()) - eval_reads
     expected = trainer.global_step // trainer.log_every_n_steps + counted.checkpoints + 1
     assert counted.checkpoints > 0 and guard_reads == expected, dict(counted.outside)
+    assert eval_reads == counted.evaluations > 0, dict(counted.outside)
 
 
 def test_the_counter_sees_a_host_read_in_a_step(counted, tmp_path, monkeypatch):

@@ -179,8 +179,8 @@ def test_a_second_fit_in_the_same_run_folder_refuses_naming_the_first(tmp_path):
     assert f"is in use by another fit (process {first.pid} on " in errors[0]
     assert first.returncode == 0, err[-3000:]
     assert not lock.exists()  # released at the end of the fit
-    names = sorted(p.name for p in (tmp_path / RUN).iterdir())
-    assert names == ["epoch=0-step=13.ckpt", "last.ckpt"]  # one run's files, no last-v1.ckpt
+    checkpoints = sorted(p.name for p in (tmp_path / RUN).iterdir() if p.suffix == ".ckpt")
+    assert checkpoints == ["epoch=0-step=13.ckpt", "last.ckpt"]  # one run's files, no last-v1.ckpt
 
 
 # ---------------------------------------------------------------------------------- unwritable folders

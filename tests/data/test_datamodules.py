@@ -22,6 +22,7 @@ from lt_lightning.data import (
     long_tail_split,
 )
 from lt_lightning.data.datamodules.base import LongTailDataModule
+from lt_lightning.data.datamodules.small import DIGITS_PER_CLASS
 from lt_lightning.data.device_pipeline import PIPELINES, PipelineName
 from lt_lightning.data.profiles import PROFILES, ProfileName
 from lt_lightning.data.samplers import SAMPLERS, SamplerName
@@ -187,8 +188,23 @@ def test_digits_default_runs_anywhere():
 
 
 def test_digits_too_large_max_count():
-    with pytest.raises(ValueError, match="max_count=150 is too large"):
+    with pytest.raises(ValueError, match="max_count=150.*digit 0 for 200 images; it has 178"):
         DigitsLTDataModule(max_count=150)
+
+
+def test_digits_validation_fits_per_class_and_leaves_training_unchanged():
+    # digit 0 (178 images) trains on 120 and tests on 50: 8 spare, the most any class can give
+    from sklearn.datasets import load_digits
+
+    assert tuple(np.bincount(load_digits().target)) == DIGITS_PER_CLASS
+    with pytest.raises(ValueError, match="at most 8 validation images per class fit"):
+        DigitsLTDataModule(val_per_class=9)
+    plain, held = DigitsLTDataModule(), DigitsLTDataModule(val_per_class=8)
+    plain.setup()
+    held.setup()
+    assert torch.equal(plain.train_dataset.inputs, held.train_dataset.inputs)
+    assert torch.equal(plain.test_dataset.inputs, held.test_dataset.inputs)
+    assert torch.bincount(held.val_dataset.targets, minlength=10).tolist() == [8] * 10
 
 
 def test_synthetic_datamodule_profile_and_determinism():

@@ -15,6 +15,9 @@ from lt_lightning.data.splits import long_tail_split
 
 __all__ = ["DigitsLTDataModule", "SyntheticLTDataModule"]
 
+#: images per digit class in scikit-learn's bundled digits (``np.bincount(load_digits().target)``)
+DIGITS_PER_CLASS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+
 
 class DigitsLTDataModule(LongTailDataModule):
     """The embedded default: scikit-learn's bundled 8×8 digits (1,797 images) made long-tailed.
@@ -27,7 +30,7 @@ class DigitsLTDataModule(LongTailDataModule):
     Args:
         imbalance_ratio: r = n_max / n_min of the training split.
         profile: long-tail profile, ``"exp"`` or ``"step"``.
-        max_count: training images of the head class (at most 174 minus the test and validation ones).
+        max_count: training images of the head class (digit 0 has 178, less the test and validation ones).
         test_per_class: images per class in the balanced test set.
         val_per_class: images per class in a balanced validation set (0: validate on the test set).
         many_threshold: classes with more training samples than this are many-shot.
@@ -55,11 +58,14 @@ class DigitsLTDataModule(LongTailDataModule):
         self.test_per_class = test_per_class
         self.val_per_class = val_per_class
         counts = long_tail_counts(10, max_count, imbalance_ratio, profile)
-        pool_min = 174 - test_per_class - val_per_class  # the smallest digit class has 174 images
-        if max(counts) > pool_min:
+        # per class: its training images, the test ones and the validation ones must all fit
+        spare = [n - test_per_class - val_per_class - c for n, c in zip(DIGITS_PER_CLASS, counts)]
+        if min(spare) < 0:
+            c = int(np.argmin(spare))
             raise ValueError(
-                f"max_count={max_count} is too large: with test_per_class={test_per_class} and "
-                f"val_per_class={val_per_class} every class has at least {pool_min} images left"
+                f"max_count={max_count}, test_per_class={test_per_class} and val_per_class={val_per_class} "
+                f"ask digit {c} for {counts[c] + test_per_class + val_per_class} images; it has "
+                f"{DIGITS_PER_CLASS[c]} (at most {val_per_class + min(spare)} validation images per class fit)"
             )
         self._set_class_counts(counts)
 
