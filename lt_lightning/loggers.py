@@ -72,6 +72,9 @@ class WandbLoggerOfflineSafe(WandbLogger):
 
         kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout, silent=True))
         super().__init__(mode=wandb_mode(mode), **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            # Lightning passes anonymous=None; W&B (0.31) answers any value with a deprecation line each run
+            self._wandb_init.pop("anonymous", None)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

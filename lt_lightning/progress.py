@@ -130,6 +130,7 @@ class EpochLines(ProgressBar):
         super().__init__()
         self._enabled = True
         self._start = 0.0
+        self._pending: tuple[int, float] | None = None  # (epoch, seconds) of an epoch not yet printed
 
     def disable(self) -> None:
         self._enabled = False
@@ -142,13 +143,28 @@ class EpochLines(ProgressBar):
             print(text, flush=True)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._flush(trainer)
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # Printed at the next epoch's start (or the end of training): Lightning calls this hook before the
+        # module's own on_train_epoch_end, where the epoch's training means are logged.
+        self._pending = (trainer.current_epoch, time.perf_counter() - self._start)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._flush(trainer)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._flush(trainer)
+
+    def _flush(self, trainer: Any) -> None:
+        if self._pending is None:
+            return
+        epoch, took = self._pending
+        self._pending = None
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         values = "  ".join(f"{k} {v:.4g}" for k, v in _bar_metrics(trainer, epoch=True).items())
-        took = time.perf_counter() - self._start
-        self._print(trainer, f"epoch {trainer.current_epoch + 1}/{total}  {values}  ({took:.1f} s)")
+        self._print(trainer, f"epoch {epoch + 1}/{total}  {values}  ({took:.1f} s)")
 
     def _evaluated(self, trainer: Any, what: str) -> None:
         if not trainer.sanity_checking and trainer.state.fn != "fit":

@@ -38,6 +38,7 @@ def test_an_offline_run_gets_the_full_config_and_the_per_class_table(tmp_path):
     assert f"W&B offline run in runs/digits_lt/joint/seed0/wandb/{runs[0].name}" in proc.stdout
     # W&B's own chatter is silenced; ours says where the run is
     assert "wandb: Tracking run" not in proc.stderr and "wandb: Run data is saved" not in proc.stderr
+    assert "anonymous" not in proc.stderr + proc.stdout  # W&B's deprecation line for Lightning's default
     # An offline run keeps its records in run-*.wandb (protobuf); the config update is stored as JSON
     # text. The data and trainer sections only reach W&B through our full-config callback, not through
     # Lightning's hyper-parameter logging.

@@ -33,6 +33,15 @@ EXTRA_COMMANDS = (
 )
 
 
+def _close_process_group() -> None:
+    """Destroy a DDP process group Lightning left open: exiting with gloo's threads still alive can
+    abort the process ("terminate called without an active exception", status -6) after a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _top_level_help() -> str:
     lines = ["", "more commands:"]
     lines += [f"  {name:<10} {text}" for name, text in EXTRA_COMMANDS]
@@ -69,6 +78,7 @@ def main(args: Sequence[str] | None = None) -> None:
                 print(_top_level_help())
             return
         build_cli(args)  # None: LightningCLI reads sys.argv itself (passing both would warn)
+        _close_process_group()
     except USER_ERRORS as err:
         if os.environ.get("LT_LIGHTNING_TRACEBACK") == "1":
             raise

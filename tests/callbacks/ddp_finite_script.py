@@ -57,6 +57,7 @@ def main() -> None:
     torch.save(record, os.path.join(out, f"rank{trainer.global_rank}.pt"))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # both files are written before rank 0 returns (a rank that ran on would hang here)
+        dist.destroy_process_group()  # gloo's threads alive at exit can abort the process
 
 
 if __name__ == "__main__":

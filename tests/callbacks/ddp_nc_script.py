@@ -124,6 +124,8 @@ def main(out_dir: str) -> None:
         ],
     )
     trainer.fit(TinyModule(), datamodule=TinyDataModule())
+    if torch.distributed.is_initialized():  # gloo's threads alive at exit can abort the process
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

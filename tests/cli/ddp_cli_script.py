@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from lt_lightning.callbacks import NeuralCollapseCallback
@@ -32,6 +34,8 @@ def main() -> None:
     rank = cli.trainer.global_rank
     with open(os.path.join(out, f"metrics_rank{rank}.json"), "w") as f:
         json.dump(record, f)
+    if torch.distributed.is_initialized():  # gloo's threads alive at exit can abort the process
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -64,26 +64,28 @@ def _one_line(proc: subprocess.CompletedProcess) -> list[str]:
 
 @pytest.fixture(scope="module")
 def killed_ddp(tmp_path_factory) -> tuple[Path, Path]:
-    """(the uninterrupted 2-process run's folder, the killed one's), and the killed run's step-9
-    checkpoint kept as ``step9.ckpt`` (a resumed run replaces the step files)."""
+    """(the uninterrupted 2-process run's folder, the killed one's), and the killed run's step-15
+    checkpoint kept as ``step15.ckpt`` (a resumed run replaces the step files)."""
     full, killed = tmp_path_factory.mktemp("full"), tmp_path_factory.mktemp("killed")
     proc = _fit(full, "none", *DDP)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _fit(killed, "step:9", *DDP).returncode == -9  # both ranks SIGKILL-ed after step 9's checkpoint
+    assert _fit(killed, "step:15", *DDP).returncode == -9  # both ranks SIGKILL-ed after step 15's checkpoint
     ckpt = killed / RUN / "steps" / "last.ckpt"
-    shutil.copy(ckpt, killed / "step9.ckpt")
+    shutil.copy(ckpt, killed / "step15.ckpt")
     return full, killed
 
 
 def test_ddp_mixup_stratified_kill_9_mid_epoch_then_resume_is_bit_identical(killed_ddp):
     full, killed = killed_ddp
     per_epoch = load_checkpoint_file(full / RUN / "last.ckpt")["global_step"] // 2
-    step9 = load_checkpoint_file(killed / "step9.ckpt")
-    assert step9["global_step"] == 9 and step9["epoch"] == 1 and per_epoch < 9 < 2 * per_epoch  # mid epoch 1
-    assert step9["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"samples_done": (9 - per_epoch) * 32, "batch_size": 32, "num_replicas": 2}
+    step15 = load_checkpoint_file(killed / "step15.ckpt")
+    assert (
+        step15["global_step"] == 15 and step15["epoch"] == 1 and per_epoch < 15 < 2 * per_epoch
+    )  # mid epoch 1
+    assert step15["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"samples_done": (15 - per_epoch) * 16, "batch_size": 16, "num_replicas": 2}
     ]
-    resumed = _fit(killed, "none", *DDP, "--ckpt_path", str(killed / "step9.ckpt"))
+    resumed = _fit(killed, "none", *DDP, "--ckpt_path", str(killed / "step15.ckpt"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for sub in ("", "steps"):
         a, b = (
@@ -96,6 +98,7 @@ def test_ddp_mixup_stratified_kill_9_mid_epoch_then_resume_is_bit_identical(kill
 
 def test_resuming_a_2_process_checkpoint_mid_epoch_with_1_is_refused_in_one_line(killed_ddp, tmp_path):
     _, killed = killed_ddp
-    errors = _one_line(_fit(tmp_path, "none", "--ckpt_path", str(killed / "step9.ckpt")))
+    errors = _one_line(_fit(tmp_path, "none", "--ckpt_path", str(killed / "step15.ckpt")))
     assert len(errors) == 1, errors
-    assert "taken mid-epoch with 2 processes (this run: 1)" in errors[0]
+    # the global batch of 32 is 16 a process with 2, 32 with 1: both differences are named
+    assert "mid-epoch with batch size 16 (this run: 32) and 2 processes (this run: 1)" in errors[0]

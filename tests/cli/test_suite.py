@@ -215,7 +215,11 @@ def test_the_readme_suites_plan(tmp_path, monkeypatch):
         first, second = plan_suite(
             opts.configs, opts.seeds, tmp_path / "out", overrides
         )  # every config parses
-        assert len(first) + len(second) == len(opts.configs) * len(opts.seeds)
+        named = [r for r in (*first, *second) if not r.implied]
+        assert len(named) == len(opts.configs) * len(opts.seeds)
+        # a stage-2 config whose stage 1 is not in --configs brings its stage-1 run with it, once a seed
+        implied = {Path(r.config).stem for r in first if r.implied}
+        assert len([r for r in first if r.implied]) == len(implied) * len(opts.seeds)
         assert {Path(r.config).stem for r in first} >= {"joint"} and second
     assert "--executor" in commands[1] and "--slurm.partition" in commands[1]
 

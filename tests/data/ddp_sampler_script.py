@@ -93,6 +93,8 @@ def main() -> None:
         enable_model_summary=False,
     )
     trainer.fit(RecordingModule())
+    if torch.distributed.is_initialized():  # gloo's threads alive at exit can abort the process
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Datamodules on tiny datasets written in the real on-disk formats."""
 
+from pathlib import Path
 from typing import get_args, get_type_hints
 
 import numpy as np
@@ -294,6 +295,28 @@ def test_global_batch_size_splits_over_processes():
     dm._world = lambda: (5, 1)
     with pytest.raises(ValueError, match="global_batch_size=12 is not divisible by the 5 processes"):
         dm.train_dataloader()
+
+
+def test_batch_size_and_global_batch_size_are_one_or_the_other():
+    with pytest.raises(ValueError, match=r"batch_size=8 \(per process\) and global_batch_size=16"):
+        SyntheticLTDataModule(num_classes=3, max_count=40, batch_size=8, global_batch_size=16)
+    dm = SyntheticLTDataModule(num_classes=3, max_count=40)  # neither: 128 per process
+    assert dm.train_batch_size() == 128 and dm.eval_batch_size == 128
+    dm = SyntheticLTDataModule(num_classes=3, max_count=40, global_batch_size=16)
+    assert dm.batch_size is None and dm.eval_batch_size == 16
+
+
+def test_the_digits_configs_keep_their_global_batch_under_ddp():
+    from lt_lightning.cli import build_cli
+
+    config = Path(__file__).parents[2] / "configs/digits_lt/joint.yaml"
+    cli = build_cli(["-c", str(config), "--trainer.logger", "false"], run=False)
+    dm = cli.datamodule
+    assert dm.global_batch_size == 32 and dm.batch_size is None
+    dm.setup("fit")
+    for world in (1, 2, 4):
+        dm._world = lambda world=world: (world, 0)
+        assert dm.train_batch_size() * world == 32
 
 
 # ---- Yang's SVHN-LT / STL-10-LT input pipeline: no augmentation, Normalize(0.5, 0.5) (issue 8 item 10) ----

@@ -64,6 +64,8 @@ def main() -> None:
     if history:
         state["_q_history"] = history
     torch.save(state, os.path.join(out, f"rank{trainer.global_rank}.pt"))
+    if torch.distributed.is_initialized():  # gloo's threads alive at exit can abort the process
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_a_file_holding_python_objects_is_refused_unread(tmp_path, joint_ckpt):
     ckpt["hyper_parameters"]["note"] = _Note()
     torch.save(ckpt, tmp_path / "objects.ckpt")
     for load in (load_module_from_checkpoint, JointModule.load_from_checkpoint):
-        with pytest.raises(ValueError, match="holds Python objects that could run code"):
+        with pytest.raises(ValueError, match="holds the Python object .*a pickle that could run code"):
             load(tmp_path / "objects.ckpt")
 
 

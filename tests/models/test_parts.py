@@ -122,7 +122,12 @@ def test_a_record_is_a_part_too():
 
 @pytest.mark.parametrize(
     "schedule",
-    [None, LRSchedule("cosine"), LRSchedule("constant", warmup_epochs=1), {"name": "multistep"}],
+    [
+        None,
+        LRSchedule("cosine"),
+        LRSchedule("constant", warmup_epochs=1),
+        {"name": "multistep", "milestones": [2], "milestone_factors": [0.1]},
+    ],
     ids=["default-cosine", "cosine", "constant-with-warmup", "multistep-record"],
 )
 @pytest.mark.parametrize("agd", [AGD, functools.partial(AGD, gain=10.0)], ids=["class", "partial"])

@@ -38,6 +38,10 @@ __all__ = ["LongTailDataModule", "resolve_dir", "train_drop_last"]
 _Loader = TypeVar("_Loader", bound=DataLoader)
 
 
+#: the per-process training batch when neither batch_size nor global_batch_size is given
+DEFAULT_BATCH_SIZE = 128
+
+
 class LongTailDataModule(L.LightningDataModule):
     """Shared machinery: loaders, sampler choice, seed, class counts and shot groups.
 
@@ -46,11 +50,13 @@ class LongTailDataModule(L.LightningDataModule):
     train_eval, val, test)`` :class:`~lt_lightning.data.datasets.LabelledDataset` s.
 
     Args:
-        batch_size: training batch size per process.
-        global_batch_size: if set, the training batch summed over all processes (the papers' batch
-            sizes are global): each of the ``world_size`` processes takes ``global_batch_size /
-            world_size``, which must divide evenly. Overrides ``batch_size``.
-        eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
+        batch_size: training batch size per process (default 128 when ``global_batch_size`` is unset).
+        global_batch_size: the training batch summed over all processes (the papers' batch sizes are
+            global): each of the ``world_size`` processes takes ``global_batch_size / world_size``, which
+            must divide evenly, so the optimisation does not change with the number of GPUs. Set one of
+            the two, not both.
+        eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``, else
+            ``global_batch_size``).
         num_workers: DataLoader workers.
         sampler: ``"instance"``, ``"class"`` (Kang's 4-per-visit round robin), ``"sqrt"``, ``"power"``
             (class probability ∝ n_c^q), ``"progressive"`` or ``"stratified"`` (Markou: every batch holds
@@ -93,7 +99,7 @@ class LongTailDataModule(L.LightningDataModule):
     def __init__(
         self,
         *,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         global_batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -121,7 +127,15 @@ class LongTailDataModule(L.LightningDataModule):
             raise ValueError(f"the 'power' sampler needs sampler_q in [0, 1], got {sampler_q!r}")
         if sampler_q is not None and not 0.0 <= sampler_q <= 1.0:
             raise ValueError(f"sampler_q must lie in [0, 1], got {sampler_q!r}")
-        if batch_size < 1:
+        if batch_size is not None and global_batch_size is not None:
+            raise ValueError(
+                f"batch_size={batch_size} (per process) and global_batch_size={global_batch_size} (summed "
+                "over processes) are both set; set one (on the command line, null the other: "
+                "--data.init_args.global_batch_size null)"
+            )
+        if batch_size is None and global_batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if global_batch_size is not None and global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
@@ -129,7 +143,7 @@ class LongTailDataModule(L.LightningDataModule):
             raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
         self.batch_size = batch_size
         self.global_batch_size = global_batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = eval_batch_size or batch_size or global_batch_size
         self.num_workers = num_workers
         self.sampler = sampler
         self.sampler_q = sampler_q
@@ -180,7 +194,8 @@ class LongTailDataModule(L.LightningDataModule):
         return (
             f"{type(self).__name__}(num_classes={len(counts) if counts else None}, "
             f"train samples={sum(counts) if counts else None}, sampler={self.sampler!r}, "
-            f"pipeline={self.pipeline!r}, batch_size={self.batch_size})"
+            f"pipeline={self.pipeline!r}, batch_size={self.batch_size}, "
+            f"global_batch_size={self.global_batch_size})"
         )
 
     @property
@@ -283,7 +298,7 @@ class LongTailDataModule(L.LightningDataModule):
     def train_batch_size(self) -> int:
         """Per-process training batch size (``global_batch_size / world_size`` when that is set)."""
         if self.global_batch_size is None:
-            return self.batch_size
+            return int(self.batch_size or DEFAULT_BATCH_SIZE)  # set whenever global_batch_size is not
         world, _ = self._world()
         if self.global_batch_size % world:
             raise ValueError(

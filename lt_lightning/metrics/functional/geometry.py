@@ -223,8 +223,11 @@ def _neural_collapse_compute(
         ordered += [f"{key}/{name}" for name in SHOT_GROUP_NAMES for key in SELI_KEYS]
     # One [M] tensor; the results are its 0-d views (distinct tensors, one allocation).
     stacked = torch.stack([results[k].to(_F64).reshape(()) for k in ordered])
-    is_nan = stacked[: len(NC_KEYS)].isnan().tolist()  # one host read, once per compute
-    undefined = [k for k, bad in zip(NC_KEYS, is_nan) if bad and (k != "nc4" or nc4_mismatch is not None)]
+    # the global figures that can be undefined: NC and SELI (the per-group ones are documented NaN)
+    checked = [*NC_KEYS, *SELI_KEYS]
+    at = torch.tensor([ordered.index(k) for k in checked], device=stacked.device)
+    is_nan = stacked[at].isnan().tolist()  # one host read, once per compute
+    undefined = [k for k, bad in zip(checked, is_nan) if bad and (k != "nc4" or nc4_mismatch is not None)]
     if undefined:  # never a silent NaN: say which metrics are undefined and why they can be
         warnings.warn(
             f"neural-collapse metrics {undefined} are undefined (NaN) for these inputs: the class means "

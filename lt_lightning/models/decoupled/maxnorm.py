@@ -115,5 +115,6 @@ class WeightBalancingModule(Stage2Module):
             self.project()
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()  # the epoch's training means
         if self.hparams.pgd_every == "epoch":
             self.project()
