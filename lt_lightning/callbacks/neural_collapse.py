@@ -116,7 +116,11 @@ class NeuralCollapseCallback(Callback):
             after the last epoch (``max_epochs``); ``nc/epoch`` logs the epoch of the numbers.
         on: splits to measure, from ``"train"`` (``train_eval_dataloader``: un-augmented, in order),
             ``"val"`` and ``"test"``.
-        log_figures: make and log the geometry figures.
+        log_figures: when to make and log the geometry figures: ``"last"`` (default) at the final
+            measurement only (the one after the last epoch, or when training is told to stop), ``True``
+            at every measurement, ``False`` never. Rendering them costs about 2 s a measurement on a
+            CPU (matplotlib's layout), more than a digits-LT epoch or a CIFAR epoch on a GPU; the
+            scalars are logged at every measurement either way.
         max_batches: read at most this many batches per split and rank (None: all) — a cheaper, partial
             measurement.
         cache_features: keep first-pass features for ``nc4`` instead of a second forward pass.
@@ -130,7 +134,7 @@ class NeuralCollapseCallback(Callback):
         self,
         every_n_epochs: int = 1,
         on: Iterable[str] = ("train", "val"),
-        log_figures: bool = True,
+        log_figures: bool | Literal["last"] = "last",
         max_batches: int | None = None,
         cache_features: bool = False,
         rtol: float | None = None,
@@ -146,6 +150,8 @@ class NeuralCollapseCallback(Callback):
             raise ValueError(f"on must name splits from {_SPLITS}, got {on!r}")
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+        if log_figures not in (True, False, "last"):
+            raise ValueError(f"log_figures must be True, False or 'last', got {log_figures!r}")
         if global_mean not in ("sample", "class"):
             raise ValueError(f"global_mean must be 'sample' or 'class', got {global_mean!r}")
         self.every_n_epochs = every_n_epochs
@@ -180,13 +186,18 @@ class NeuralCollapseCallback(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
+        last = last or trainer.should_stop  # early stopping: this epoch's model is the final one
         if trainer.sanity_checking or (epoch % self.every_n_epochs != 0 and not last):
             return  # the last epoch is always measured: the final NC numbers are the final model's
-        self.measure(trainer, pl_module)
+        self.measure(trainer, pl_module, figures=self.log_figures is True or (last and self.log_figures == "last"))
 
     # ------------------------------------------------------------------------------------ measure
-    def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+    def measure(
+        self, trainer: Trainer, pl_module: LightningModule, figures: bool | None = None
+    ) -> dict[str, float]:
         """Measure every split in ``on``, log scalars (and figures), and return ``{name: value}``.
+
+        ``figures``: make the figures this time (None: whenever ``log_figures`` is not False).
 
         Collective under DDP: call it on every rank.
         """
@@ -195,24 +206,25 @@ class NeuralCollapseCallback(Callback):
         class_counts = torch.as_tensor(list(dm.class_counts))
         groups = check_shot_groups(dm.shot_groups, num_classes)  # the datamodule owns the run's groups
         logged: dict[str, float] = {}
-        figures: dict[str, Any] = {}
+        draw = self.log_figures is not False if figures is None else figures
+        made: dict[str, Any] = {}
         with evaluation_mode(pl_module), _rank_zero_buffers(pl_module):
             weight, bias = pl_module.classifier_weight_bias()
             for split in self.on:
                 loader = getattr(dm, _LOADERS[split])()
                 values, split_figures = self._measure_split(
-                    trainer, pl_module, split, loader, num_classes, groups, class_counts, weight, bias
+                    trainer, pl_module, split, loader, num_classes, groups, class_counts, weight, bias, draw
                 )
                 logged.update({f"nc/{split}/{key}": val for key, val in values.items()})
-                figures.update(split_figures)
+                made.update(split_figures)
         for name, value in logged.items():
             # float64 tensors: a Python float would be stored as float32 by Lightning
             value64 = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
             pl_module.log(name, value64, on_step=False, on_epoch=True, sync_dist=False)
         if logged:  # the epoch (0-based) these NC numbers were measured at, for the end-of-fit table
             pl_module.log("nc/epoch", float(trainer.current_epoch), on_step=False, on_epoch=True)
-        if figures and trainer.is_global_zero:
-            self._log_figures(trainer, figures)
+        if made and trainer.is_global_zero:
+            self._log_figures(trainer, made)
         return logged
 
     def _pass(self, trainer: Trainer, pl_module: LightningModule, loader: Iterable[Any]) -> Iterator[Any]:
@@ -237,6 +249,7 @@ class NeuralCollapseCallback(Callback):
         class_counts: Tensor,
         weight: Tensor,
         bias: Tensor | None,
+        draw: bool = True,
     ) -> tuple[dict[str, float], dict[str, Any]]:
         device = pl_module.device
         nc = NeuralCollapse(
@@ -274,7 +287,7 @@ class NeuralCollapseCallback(Callback):
             values.pop(key, None)  # constant per run; not worth a curve
         per_class_acc = acc.per_class_accuracy()
         figures: dict[str, Any] = {}
-        if self.log_figures and trainer.is_global_zero:
+        if draw and trainer.is_global_zero:
             present = (seen > 0).cpu()
             w = weight.detach().to(torch.float64).cpu()[present]
             m, n = means.cpu()[present], seen.cpu()[present]

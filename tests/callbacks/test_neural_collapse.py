@@ -90,7 +90,7 @@ def _fit(tmp_path, with_nc: bool, **nc_kwargs):
 
 @pytest.mark.slow
 def test_fit_logs_exact_values_and_leaves_training_untouched(tmp_path):
-    trainer, model, before, after = _fit(tmp_path / "with", True, on=("train", "val", "test"))
+    trainer, model, before, after = _fit(tmp_path / "with", True, on=("train", "val", "test"), log_figures=True)
     _, reference_model, _, ref_after = _fit(tmp_path / "without", False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("nc/")}
     # keys: every NC key overall and per group, and the accuracies, for each split
@@ -125,9 +125,9 @@ def test_every_n_epochs_max_batches_cache_and_sanity_check(tmp_path):
     calls = []
 
     class Counting(NeuralCollapseCallback):
-        def measure(self, trainer, pl_module):
+        def measure(self, trainer, pl_module, figures=None):
             calls.append((trainer.current_epoch, trainer.sanity_checking))
-            return super().measure(trainer, pl_module)
+            return super().measure(trainer, pl_module, figures)
 
     torch.manual_seed(0)
     trainer = Trainer(
@@ -218,6 +218,7 @@ def test_plots_return_figures_with_expected_content():
         ({"on": ("train", "holdout")}, "on must"),
         ({"max_batches": 0}, "max_batches"),
         ({"global_mean": "x"}, "global_mean"),
+        ({"log_figures": "every"}, "log_figures must be True, False or 'last'"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -260,3 +261,31 @@ def test_real_two_process_ddp_fit_logs_single_process_values(tmp_path):
             got = metrics[f"nc/{split}/{key}"]
             assert got == pytest.approx(val, rel=1e-10, abs=1e-12, nan_ok=True), (split, key, got, val)
     assert not math.isnan(metrics["nc/train/nc1/few"])
+
+
+@pytest.mark.parametrize(
+    "log_figures, drawn_at",
+    [("last", [False, False, False, True]), (True, [True] * 4), (False, [False] * 4)],
+)
+def test_figures_are_drawn_at_the_final_measurement_by_default(log_figures, drawn_at):
+    """The scalars at every measurement; the (costly) figures at the last one unless asked for every one."""
+    drawn = []
+
+    class Spy(NeuralCollapseCallback):
+        def _measure_split(self, *args, **kwargs):
+            values, figures = super()._measure_split(*args, **kwargs)
+            drawn.append(bool(figures))
+            return values, figures
+
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Spy(on="train", log_figures=log_figures)],
+    )
+    trainer.fit(stand_ins.TinyModule(), datamodule=stand_ins.TinyDataModule())
+    assert drawn == drawn_at
+    assert "nc/train/nc1" in trainer.callback_metrics

@@ -98,9 +98,9 @@ def test_nc_is_measured_at_the_last_epoch_and_says_which(tmp_path):
     calls = []
 
     class Counting(NeuralCollapseCallback):
-        def measure(self, trainer, pl_module):
+        def measure(self, trainer, pl_module, figures=None):
             calls.append(trainer.current_epoch)
-            return super().measure(trainer, pl_module)
+            return super().measure(trainer, pl_module, figures)
 
     dm = SyntheticLTDataModule(num_classes=4, feature_dim=8, max_count=40, imbalance_ratio=4, batch_size=32)
     model = JointModule(
