@@ -327,3 +327,38 @@ def test_clean_validation_data_gives_no_warning(tmp_path, recwarn):
     trainer = cpu_trainer(tmp_path, max_epochs=1, callbacks=[FiniteGuard()])
     trainer.fit(JointModule(**model_kwargs(dm)), datamodule=dm)
     assert not [w for w in recwarn if "holds NaN or inf inputs" in str(w.message)]
+
+
+@pytest.mark.parametrize("is_bad", [True, False])
+def test_skip_and_restore_are_exact_over_mixed_dtypes_and_shapes(is_bad):
+    # the non-fused path works on one flat tensor per (device, dtype): every parameter and gradient must
+    # come back bit for bit (a bad step) or be left alone (a good one), NaN included
+    from lt_lightning.callbacks.finite import _restore, _skip_update
+
+    torch.manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(3, 4)),
+        torch.nn.Parameter(torch.randn(5, dtype=torch.float64)),
+        torch.nn.Parameter(torch.randn(2, 1, 3)),
+        torch.nn.Parameter(torch.randn(())),
+    ]
+    frozen = torch.nn.Parameter(torch.randn(2))  # no gradient: not touched
+    for p in params:
+        p.grad = torch.randn_like(p)
+    params[0].grad[1, 2] = float("nan")
+    opt = torch.optim.SGD([*params, frozen], lr=0.1, momentum=0.9)
+    before = [p.detach().clone() for p in params]
+    grads = [p.grad.clone() for p in params]
+    bad = torch.tensor(is_bad)
+    saved = _skip_update(opt, bad)
+    for p, g in zip(params, grads):
+        expected = torch.zeros_like(g) if is_bad else g
+        torch.testing.assert_close(p.grad, expected, rtol=0, atol=0, equal_nan=True)
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0).mul_(float("nan") if is_bad else 2.0)  # a step that wrecks the weights
+    after_step = [p.detach().clone() for p in params]
+    _restore(saved, bad)
+    for p, b, a in zip(params, before, after_step):
+        assert p.dtype == b.dtype and p.shape == b.shape
+        assert torch.equal(p, b) if is_bad else torch.equal(p, a)

@@ -385,3 +385,27 @@ def test_a_device_loader_over_an_evaluation_split_gives_the_dataloader_s_batches
         for (x, y), (x_ref, y_ref) in pairs:
             assert torch.equal(y, y_ref)
             torch.testing.assert_close(x, x_ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("world", [(1, 0), (2, 1)])
+def test_the_device_pipeline_serves_the_evaluation_splits_on_the_device(tmp_path, world):
+    # pipeline="device": validation, test and the NC callback's training pass are DeviceLoaders giving
+    # the DataLoader path's samples in its order (this rank's unpadded share) and its values to float32
+    # rounding; predictions keep the DataLoader (writers read the dataset's order and files)
+    write_cifar(tmp_path, 10, 20, 4)
+    kwargs = dict(data_dir=str(tmp_path), imbalance_ratio=10, max_count=20, batch_size=16, eval_batch_size=7)
+    ref, dev = CIFAR10LTDataModule(**kwargs), CIFAR10LTDataModule(pipeline="device", **kwargs)
+    for dm in (ref, dev):
+        dm._world = lambda: world
+    for name in ("val_dataloader", "test_dataloader", "train_eval_dataloader"):
+        loader, on_device = getattr(ref, name)(), getattr(dev, name)()
+        assert isinstance(on_device, DeviceLoader) and not isinstance(loader, DeviceLoader), name
+        assert len(on_device) == len(loader) and on_device.batch_size == 7
+        for (x, y), (x_ref, y_ref) in zip(on_device, loader, strict=True):
+            assert torch.equal(y, y_ref)
+            torch.testing.assert_close(x, x_ref, atol=1e-6, rtol=0)
+    assert not isinstance(dev.predict_dataloader(), DeviceLoader)
+    digits = SyntheticLTDataModule(pipeline="device", batch_size=32, eval_batch_size=1000)
+    x, y = next(iter(digits.val_dataloader()))  # float inputs: passed through as they are
+    x_ref, y_ref = next(iter(SyntheticLTDataModule(batch_size=32, eval_batch_size=1000).val_dataloader()))
+    assert torch.equal(x, x_ref) and torch.equal(y, y_ref)

@@ -288,11 +288,16 @@ class LongTailDataModule(L.LightningDataModule):
             batch_size=self.train_batch_size() * num_replicas if "batch_size" in options else None,
         )
 
-    def _eval_loader(self, dataset: LabelledDataset | None) -> DataLoader:
+    def _eval_loader(self, dataset: LabelledDataset | None, device: bool = True) -> DataLoader | DeviceLoader:
+        """This rank's unpadded share of ``dataset``, in order; with ``pipeline="device"`` (and
+        ``device``) batched on the device like the training split, so an evaluation epoch costs no
+        per-image transforms and no worker start-up."""
         self.train_dataset_or_setup()
         assert dataset is not None
         num_replicas, rank = self._world()
         sampler = DistributedEvalSampler(dataset, num_replicas=num_replicas, rank=rank)
+        if device and self.pipeline == "device":
+            return self._device_loader(dataset, sampler, self.eval_batch_size, drop_last=False)
         return self._loader(dataset, self.eval_batch_size, sampler)
 
     def train_batch_size(self) -> int:
@@ -315,15 +320,13 @@ class LongTailDataModule(L.LightningDataModule):
         drop_last = train_drop_last(len(sampler), batch_size, self.drop_last)
         loader: ResumableDataLoader | DeviceLoader
         if self.pipeline == "device":
-            loader = self._device_train_loader(dataset, sampler, batch_size, drop_last)
+            loader = self._device_loader(dataset, sampler, batch_size, drop_last)
         else:
             loader = self._loader(dataset, batch_size, sampler, drop_last, loader_cls=ResumableDataLoader)
         track_position(loader, getattr(self, "trainer", None))
         return loader
 
-    def _device_train_loader(
-        self, dataset: LabelledDataset, sampler: LongTailSampler, batch_size: int, drop_last: bool
-    ) -> DeviceLoader:
+    def _device_loader(self, dataset: LabelledDataset, sampler: Any, batch_size: int, drop_last: bool) -> DeviceLoader:
         data = getattr(dataset, "images", getattr(dataset, "inputs", None))
         if data is None:
             raise ValueError(f"pipeline='device' needs an in-memory dataset, got {type(dataset).__name__}")
@@ -340,21 +343,23 @@ class LongTailDataModule(L.LightningDataModule):
             seed=self.seed,
         )
 
-    def train_eval_dataloader(self) -> DataLoader:
+    def train_eval_dataloader(self) -> DataLoader | DeviceLoader:
         """The training set, un-augmented and in order (this rank's unpadded share under DDP)."""
         self.train_dataset_or_setup()
         return self._eval_loader(self.train_eval_dataset)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceLoader:
         self.train_dataset_or_setup()
         return self._eval_loader(self.val_dataset)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceLoader:
         self.train_dataset_or_setup()
         return self._eval_loader(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        """The test split through a DataLoader (prediction writers read the dataset's order and files)."""
+        self.train_dataset_or_setup()
+        return self._eval_loader(self.test_dataset, device=False)
 
 
 def train_drop_last(samples_per_epoch: int, batch_size: int, drop_last: bool) -> bool:
