@@ -112,12 +112,24 @@ def _bar_metrics(trainer: Any, epoch: bool = False) -> dict[str, float]:
 
 
 class MetricsProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, also showing the training loss and accuracy and the validation accuracy."""
+    """Lightning's tqdm bar, also showing the training loss and accuracy and the validation accuracy.
+
+    While training, the values are read from the device once per ``log_every_n_steps`` (when the module
+    logs new ones, and Lightning reads them anyway), not at every redraw: a read is a host sync.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shown: dict[str, float] = {}
+        self._read_at: int | None = None  # the log period (global_step // log_every_n_steps) last read
 
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        for name, value in _bar_metrics(trainer).items():
+        period = trainer.global_step // max(int(trainer.log_every_n_steps), 1) if trainer.training else None
+        if period is None or period != self._read_at:
+            self._shown, self._read_at = _bar_metrics(trainer), period
+        for name, value in self._shown.items():
             items.setdefault(name, f"{value:.4g}")
         return items
 

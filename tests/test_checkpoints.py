@@ -121,7 +121,9 @@ def test_kill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path):
     folder = tmp_path / "runs/digits_lt/joint/seed0"
     last = load_checkpoint_file(folder / "last.ckpt")  # loads: not truncated
     assert last["epoch"] == 1  # the good checkpoint of epoch 1, not a half-written epoch 2
-    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".ckpt") == ["last.ckpt"]  # one file per epoch
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".ckpt") == [
+        "last.ckpt"
+    ]  # one file per epoch
     leftovers = [p for p in folder.iterdir() if p.name.endswith(".tmp")]
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the half-written temp file
     # and the run resumes from it

@@ -148,3 +148,24 @@ def test_lightnings_tips_are_dropped(caplog):
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
         rank_zero_info("GPU available: False, used: False")
     assert [r.getMessage()[:3] for r in caplog.records] == ["GPU"]
+
+
+def test_the_bar_reads_the_device_once_per_log_period_while_training(tmp_path, monkeypatch):
+    import lt_lightning.progress as progress
+
+    reads: list[tuple[int, bool]] = []
+    real = progress._bar_metrics
+
+    def counted(trainer, epoch=False):
+        reads.append((trainer.global_step, trainer.training))
+        return real(trainer, epoch)
+
+    monkeypatch.setattr(progress, "_bar_metrics", counted)
+    monkeypatch.setenv("LT_LIGHTNING_PROGRESS", "bar")
+    bar = progress.progress_bar_callback()
+    trainer, _ = _tiny_fit(tmp_path, [bar])  # 6 steps an epoch, 3 epochs, log_every_n_steps 50
+    steps = trainer.global_step
+    assert steps > 4
+    training_reads = [step for step, training in reads if training]
+    # a read per log period and after each validation (steps 0-17 are one period here), not per redraw
+    assert len(training_reads) <= trainer.max_epochs + steps // 50 + 1 < steps

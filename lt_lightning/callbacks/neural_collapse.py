@@ -189,7 +189,9 @@ class NeuralCollapseCallback(Callback):
         last = last or trainer.should_stop  # early stopping: this epoch's model is the final one
         if trainer.sanity_checking or (epoch % self.every_n_epochs != 0 and not last):
             return  # the last epoch is always measured: the final NC numbers are the final model's
-        self.measure(trainer, pl_module, figures=self.log_figures is True or (last and self.log_figures == "last"))
+        self.measure(
+            trainer, pl_module, figures=self.log_figures is True or (last and self.log_figures == "last")
+        )
 
     # ------------------------------------------------------------------------------------ measure
     def measure(

@@ -90,7 +90,9 @@ def _fit(tmp_path, with_nc: bool, **nc_kwargs):
 
 @pytest.mark.slow
 def test_fit_logs_exact_values_and_leaves_training_untouched(tmp_path):
-    trainer, model, before, after = _fit(tmp_path / "with", True, on=("train", "val", "test"), log_figures=True)
+    trainer, model, before, after = _fit(
+        tmp_path / "with", True, on=("train", "val", "test"), log_figures=True
+    )
     _, reference_model, _, ref_after = _fit(tmp_path / "without", False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("nc/")}
     # keys: every NC key overall and per group, and the accuracies, for each split

@@ -326,7 +326,9 @@ class LongTailDataModule(L.LightningDataModule):
         track_position(loader, getattr(self, "trainer", None))
         return loader
 
-    def _device_loader(self, dataset: LabelledDataset, sampler: Any, batch_size: int, drop_last: bool) -> DeviceLoader:
+    def _device_loader(
+        self, dataset: LabelledDataset, sampler: Any, batch_size: int, drop_last: bool
+    ) -> DeviceLoader:
         data = getattr(dataset, "images", getattr(dataset, "inputs", None))
         if data is None:
             raise ValueError(f"pipeline='device' needs an in-memory dataset, got {type(dataset).__name__}")
