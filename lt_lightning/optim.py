@@ -47,6 +47,7 @@ __all__ = [
     "ScheduleName",
     "agd_orthogonal_init_",
     "agd_scale",
+    "build_optimizer",
     "check_agd_parameters",
     "default_optimizer",
     "describe_optimizer",
@@ -101,6 +102,42 @@ def describe_optimizer(factory: Any) -> dict[str, Any] | None:
         if len(init_args) != len(factory.keywords):
             return None
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+#: torch's optimizers with a fused CUDA step (one kernel launch for all parameters, and it honours
+#: ``found_inf``, so :class:`~lt_lightning.callbacks.FiniteGuard` skips a bad step for free)
+FUSED_ON_CUDA: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+)
+
+
+def fused_by_default(factory: Any, params: Iterable[Tensor]) -> bool:
+    """Whether :func:`build_optimizer` turns on ``fused``: torch's SGD, Adam or AdamW (exactly those
+    classes), every parameter on a CUDA device, and neither ``fused`` nor ``foreach`` set by the config
+    (a set value, ``false`` included, is kept). A factory that cannot be described is left alone."""
+    if optimizer_class(factory) not in FUSED_ON_CUDA:
+        return False
+    record = describe_optimizer(factory)
+    if record is None or {"fused", "foreach"} & record["init_args"].keys():
+        return False
+    params = list(params)
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+
+
+def build_optimizer(factory: OptimizerFactory, named: list[tuple[str, Tensor]]) -> torch.optim.Optimizer:
+    """``factory(named)``, with ``fused=True`` where :func:`fused_by_default` says so.
+
+    On a GPU the foreach step of these optimizers launches kernels per parameter group of tensors, and
+    the finite guard's skip of a bad step (for optimizers that cannot skip it themselves) costs three
+    more launches per parameter, every step: ~300 for a ResNet-32, of a step budget of a few ms. The
+    fused step does the update, and the skip, in one. Results differ from the foreach step in the last
+    bits only (fused multiply-adds); set ``fused: false`` to keep the foreach step.
+    """
+    if fused_by_default(factory, (p for _, p in named)):
+        return factory(named, fused=True)  # type: ignore[call-arg]
+    return factory(named)
 
 
 def _plain(value: Any) -> bool:

@@ -415,3 +415,62 @@ def test_optimizer_class_and_description():
 def test_a_bad_optimizer_record_is_refused(record, match):
     with pytest.raises(ValueError, match=match):
         optimizer_from_config(record)
+
+
+# ---- fused by default on CUDA ------------------------------------------------------------------------------
+class _Param:
+    """Stands in for a parameter's device and dtype (no GPU here)."""
+
+    def __init__(self, cuda: bool, floating: bool = True) -> None:
+        self.is_cuda, self._floating = cuda, floating
+
+    def is_floating_point(self) -> bool:
+        return self._floating
+
+
+@pytest.mark.parametrize(
+    "factory, params, fused",
+    [
+        (functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), [_Param(True)] * 3, True),
+        (functools.partial(torch.optim.AdamW, lr=1e-3), [_Param(True)], True),
+        (torch.optim.Adam, [_Param(True)], True),
+        (functools.partial(torch.optim.SGD, lr=0.1), [_Param(True), _Param(False)], False),  # one on the CPU
+        (
+            functools.partial(torch.optim.SGD, lr=0.1, fused=False),
+            [_Param(True)],
+            False,
+        ),  # the config's choice
+        (functools.partial(torch.optim.SGD, lr=0.1, foreach=True), [_Param(True)], False),
+        (functools.partial(torch.optim.RMSprop, lr=0.1), [_Param(True)], False),  # no fused CUDA step
+        (lambda params: torch.optim.SGD(params, lr=0.1), [_Param(True)], False),  # cannot be described
+        (functools.partial(torch.optim.SGD, lr=0.1), [], False),
+    ],
+)
+def test_fused_by_default_only_for_torchs_fused_optimizers_on_cuda(factory, params, fused):
+    from lt_lightning.optim import fused_by_default
+
+    assert fused_by_default(factory, params) is fused
+
+
+def test_build_optimizer_passes_fused_only_when_chosen(monkeypatch):
+    import lt_lightning.optim as optim
+
+    layer = nn.Linear(3, 2)
+    named = list(layer.named_parameters())
+    factory = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    assert not optim.build_optimizer(factory, named).defaults.get("fused")  # CPU parameters: as configured
+    monkeypatch.setattr(optim, "fused_by_default", lambda factory, params: True)
+    opt = optim.build_optimizer(factory, named)  # what a GPU run gets (torch's fused SGD also runs on CPU)
+    assert opt.defaults["fused"] is True and opt.defaults["momentum"] == 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_module_on_cuda_trains_with_the_fused_step():
+    from lt_lightning.models import JointModule
+    from lt_lightning.optim import build_optimizer
+
+    model = JointModule(
+        num_classes=3, backbone="mlp", backbone_kwargs={"in_features": 4, "hidden": [8]}
+    ).cuda()
+    opt = build_optimizer(model.optimizer, model.named_trainable_parameters())  # the default SGD
+    assert opt.defaults["fused"] is True

@@ -32,7 +32,7 @@ from lt_lightning.models.parts import (
     compile_parts,
     give_parts,
 )
-from lt_lightning.optim import LRSchedule, OptimizerFactory
+from lt_lightning.optim import LRSchedule, OptimizerFactory, build_optimizer
 from lt_lightning.spec import check_shot_groups
 
 __all__ = ["CLASS_PATH_KEY", "LongTailModule"]
@@ -220,7 +220,7 @@ class LongTailModule(EvaluationSteps, L.LightningModule):
             raise ValueError(
                 f"{type(self).__name__} has nothing to train; run `lt-lightning validate` or `test`"
             )
-        optimizer = self.optimizer(named)  # named parameters: errors (AGD's) can name a parameter
+        optimizer = build_optimizer(self.optimizer, named)  # named: errors (AGD's) can name a parameter
         max_epochs = self.trainer.max_epochs
         steps = lambda: self.trainer.estimated_stepping_batches / max_epochs  # noqa: E731 (asked lazily)
         scheduler = self.lr_schedule.build(optimizer, max_epochs=max_epochs, steps_per_epoch=steps)
