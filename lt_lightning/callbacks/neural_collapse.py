@@ -21,6 +21,7 @@ from torch import Tensor
 import lt_lightning.callbacks.plots as plots
 from lt_lightning.callbacks.layers import LayerCollapse, check_layer_names
 from lt_lightning.loops import evaluation_mode, evaluation_pass
+from lt_lightning.metrics.calibration import ShotCalibration
 from lt_lightning.metrics.neural_collapse import NeuralCollapse
 from lt_lightning.metrics.shot_accuracy import ShotAccuracy
 from lt_lightning.spec import check_shot_groups
@@ -96,8 +97,9 @@ class NeuralCollapseCallback(Callback):
     ``layers``: ``nc/{split}/nc1/layer/{name}`` and the traces ``tr_sw`` / ``tr_sb`` of Σ_W and Σ_B
     (:mod:`lt_lightning.callbacks.layers`), from forward hooks on the same first pass.
     Figures (global rank zero only): class-mean Gram vs the simplex ETF, classifier-vs-mean cosines,
-    norms vs class size, minority collapse (cosines and norms by shot group) and per-class accuracy vs
-    class size — sent to a ``WandbLogger`` with
+    norms vs class size, minority collapse (cosines and norms by shot group), per-class accuracy vs
+    class size, the Gram against the SELI target and a reliability diagram (overall and per shot group,
+    15 bins, from the same pass's logits) — sent to a ``WandbLogger`` with
     ``log_image``, otherwise saved as PNG under ``{trainer.log_dir}/nc_figures`` (skipped without a
     logger).
 
@@ -263,12 +265,15 @@ class NeuralCollapseCallback(Callback):
             global_mean=self.global_mean,
         ).to(device)
         acc = ShotAccuracy(num_classes, shot_groups=groups).to(device)
+        calibration = ShotCalibration(num_classes, shot_groups=groups).to(device) if draw else None
         cache: list[tuple[Tensor, Tensor, Tensor]] = []
         tracked = self._layer_collapse(pl_module, num_classes)
         with tracked.hooked() if tracked is not None else contextlib.nullcontext():
             for (features, logits), y in self._pass(trainer, pl_module, loader):
                 nc.update(features, y)
                 acc.update(logits, y)
+                if calibration is not None:
+                    calibration.update(logits, y)
                 if tracked is not None:
                     tracked.update(y)
                 if self.cache_features:
@@ -288,6 +293,7 @@ class NeuralCollapseCallback(Callback):
         for key in ("many_classes", "medium_classes", "few_classes"):
             values.pop(key, None)  # constant per run; not worth a curve
         per_class_acc = acc.per_class_accuracy()
+        reliability = calibration.reliability() if calibration is not None else None  # collective: every rank
         figures: dict[str, Any] = {}
         if draw and trainer.is_global_zero:
             present = (seen > 0).cpu()
@@ -310,6 +316,8 @@ class NeuralCollapseCallback(Callback):
                 per_class_acc.cpu(), class_counts, title
             )
             figures[f"nc/{split}/gram_vs_seli"] = plots.gram_vs_seli_figure(w, m, n, title)
+            if reliability is not None:
+                figures[f"nc/{split}/reliability"] = plots.reliability_figure(reliability, title)
             if self.layers:
                 depth = [values[f"nc1/layer/{name}"] for name in self.layers]
                 figures[f"nc/{split}/nc1_vs_depth"] = plots.nc1_vs_depth_figure(

@@ -47,6 +47,12 @@ class EvaluationSteps:
     def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: ShotAccuracy, prefix: str) -> Tensor:
         x, y = batch
         logits = self(x)
+        self.score_batch(logits, y, metrics, prefix)
+        return logits
+
+    def score_batch(self, logits: Tensor, y: Tensor, metrics: ShotAccuracy, prefix: str) -> None:
+        """Accuracy, calibration and ``{prefix}/loss`` of one evaluation batch's ``logits`` ``[B, K]``: what
+        every method's validation and test steps record (a method with its own logits calls this)."""
         metrics.update(logits, y)
         overall, groups = self.calibration_metrics(prefix, logits)
         # probabilities, not logits: torchmetrics takes inputs inside [0, 1] for probabilities as they are
@@ -54,7 +60,6 @@ class EvaluationSteps:
         groups.update(logits.detach(), y)
         loss = F.cross_entropy(logits, y)
         self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
-        return logits
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")

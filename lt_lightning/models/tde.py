@@ -97,8 +97,7 @@ class TDEModule(LongTailModule):
         x, y = batch
         features = self.extract_features(x)
         logits = self.forward_head(features)
-        self.val_metrics.update(logits, y)
-        self.log("val/loss", torch.nn.functional.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
+        self.score_batch(logits, y, self.val_metrics, "val")  # accuracy, calibration, val/loss
         if self.alpha_sweep is not None:
             self.alpha_sweep.update(self.head.logits_for_alphas(features, self.alpha_sweep.values), y)
 

@@ -118,9 +118,10 @@ def test_fit_logs_exact_values_and_leaves_training_untouched(tmp_path):
     assert before.modes[0]["frozen"] is False and before.modes[0]["backbone.0"] is True
     # figures saved as PNG under the logger's directory when the logger is not W&B
     pngs = sorted(p.name for p in Path(trainer.log_dir, "nc_figures").glob("*.png"))
-    assert len(pngs) == 2 * 3 * 6 and "epoch0001_train_gram_vs_etf.png" in pngs
+    assert len(pngs) == 2 * 3 * 7 and "epoch0001_train_gram_vs_etf.png" in pngs
     assert "epoch0001_train_gram_vs_seli.png" in pngs
     assert "epoch0001_train_minority_collapse.png" in pngs
+    assert "epoch0001_test_reliability.png" in pngs
 
 
 def test_every_n_epochs_max_batches_cache_and_sanity_check(tmp_path):
@@ -196,6 +197,7 @@ def test_wandb_logger_receives_images(tmp_path, monkeypatch):
         "nc/train/minority_collapse",
         "nc/train/accuracy_vs_class_size",
         "nc/train/gram_vs_seli",
+        "nc/train/reliability",
     ]
     image = seen[0][1][0]
     assert (

@@ -43,7 +43,7 @@ def _check_nc(record: dict, out: Path) -> None:
     assert "nc/train/nc1" in record["fit"] and "nc/val/acc" in record["fit"]
     assert 0.0 <= record["test"]["test/acc"] <= 1.0
     figures = list(out.glob("runs/digits_lt/*/seed0/nc_figures/*.png"))  # in the run folder
-    assert len(figures) == 2 * 2 * 6  # 2 epochs x (train, val) x 6 figures (SELI included), rank 0 only
+    assert len(figures) == 2 * 2 * 7  # 2 epochs x (train, val) x 7 figures (SELI, reliability), rank 0 only
 
 
 @pytest.fixture(scope="module")

@@ -71,16 +71,18 @@ def test_accuracy_counts_stay_exact_under_bf16_true(tmp_path):
     )
 
 
+@pytest.mark.parametrize("method", ["joint", "tde"])  # TDE has a validation step of its own
 @pytest.mark.parametrize("stage", ["validate", "test"])
-def test_evaluation_logs_calibration_and_group_precision(tmp_path, stage):
+def test_evaluation_logs_calibration_and_group_precision(tmp_path, stage, method):
     from sklearn.metrics import precision_score
     from torchmetrics.functional.classification import multiclass_calibration_error
 
+    from lt_lightning.models import TDEModule
     from tests.metrics.test_calibration import numpy_ece
 
     dm = synthetic_dm(many_threshold=40, few_threshold=25)
     torch.manual_seed(0)
-    model = JointModule(**model_kwargs(dm))
+    model = (JointModule if method == "joint" else TDEModule)(**model_kwargs(dm))
     trainer = cpu_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=dm)
     prefix = "val" if stage == "validate" else "test"
