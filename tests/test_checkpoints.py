@@ -417,3 +417,29 @@ def test_other_os_errors_of_a_write_are_not_renamed(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="I/O error") as info:
         atomic_torch_save({"a": torch.ones(1)}, tmp_path / "x.ckpt")
     assert not isinstance(info.value, CheckpointWriteError)
+
+
+def test_a_run_saved_with_save_last_resumes_into_one_last_ckpt(tmp_path):
+    # runs written before the configs named their per-epoch checkpoint `last` (an epoch file plus a copy
+    # as last.ckpt) resume with the new callback into the same last.ckpt: no last-v1.ckpt beside it
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    def fit(checkpoint, epochs, ckpt_path=None):
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            limit_train_batches=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[checkpoint],
+        )
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+
+    fit(ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=1), 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=1-step=4.ckpt", "last.ckpt"]
+    new = ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1, enable_version_counter=False)
+    fit(new, 4, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert load_checkpoint_file(tmp_path / "last.ckpt")["epoch"] == 3

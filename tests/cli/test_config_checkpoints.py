@@ -32,6 +32,7 @@ def _writes_last_once(c: dict) -> bool:
         and c.get("save_top_k", 1) == 1
         and not c.get("save_last")
         and c.get("monitor") is None
+        and c.get("enable_version_counter") is False  # a resumed older run's last.ckpt is overwritten
     )
 
 
