@@ -271,7 +271,9 @@ def test_real_two_process_ddp_fit_logs_single_process_values(tmp_path):
     "log_figures, drawn_at",
     [("last", [False, False, False, True]), (True, [True] * 4), (False, [False] * 4)],
 )
-def test_figures_are_drawn_at_the_final_measurement_by_default(log_figures, drawn_at):
+def test_figures_are_drawn_at_the_final_measurement_by_default(tmp_path, log_figures, drawn_at):
+    from tests.models.helpers import cpu_trainer
+
     """The scalars at every measurement; the (costly) figures at the last one unless asked for every one."""
     drawn = []
 
@@ -281,15 +283,7 @@ def test_figures_are_drawn_at_the_final_measurement_by_default(log_figures, draw
             drawn.append(bool(figures))
             return values, figures
 
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Spy(on="train", log_figures=log_figures)],
-    )
+    trainer = cpu_trainer(tmp_path, max_epochs=4, callbacks=[Spy(on="train", log_figures=log_figures)])
     trainer.fit(stand_ins.TinyModule(), datamodule=stand_ins.TinyDataModule())
     assert drawn == drawn_at
     assert "nc/train/nc1" in trainer.callback_metrics
