@@ -125,6 +125,26 @@ def _expected(report: _Report) -> str:
     return ""
 
 
+def _literal_values(inside: str) -> str:
+    """``'a', 'b'`` (the inside of a ``typing.Literal[...]``) as ``a, b``."""
+    return ", ".join(v.strip().strip("'\"") for v in inside.split(","))
+
+
+def _union_members(causes: list[str]) -> list[str]:
+    """What each member of the innermost union expected (``["bool", "one of: step"]``): the run of bare
+    "Expected a ..." causes the report starts with, when there are several; else ``[]``."""
+    members = []
+    for cause in causes:
+        literal, typed = _LITERAL.match(cause + ". Got value: -"), _TYPED.match(cause)
+        if literal:
+            members.append("one of: " + _literal_values(literal.group(1)))
+        elif typed and typed.group(2) is None:
+            members.append(typed.group(1))
+        else:
+            break  # the union's own errors come first; what follows belongs to outer unions
+    return members if len(members) > 1 else []
+
+
 def _path_of(record: Any, prefix: str = "") -> str:
     """The dotted key of :data:`_PROBE` in a migrated record (``""``: dropped)."""
     if record == _PROBE or (isinstance(record, list) and _PROBE in record):
@@ -200,9 +220,12 @@ def format_parser_error(message: str) -> str:
     else:
         cause = causes[0] if causes else report.lines[-1] if report.lines else message
     literal, typed, refused = _LITERAL.match(cause), _TYPED.match(cause), _REFUSED.match(cause)
-    if literal:
-        valid = ", ".join(v.strip().strip("'\"") for v in literal.group(1).split(","))
-        cause = f"got {literal.group(2)!r}; valid: {valid}"
+    union = _union_members(specific)
+    if union and not moved:  # each member of a union (``bool | Literal["step"]``) refused it: name them all
+        got = report.inner if report.inner is not None else report.value
+        cause = f"got {str(got)!r}; expected {' or '.join(union)}"
+    elif literal:
+        cause = f"got {literal.group(2)!r}; valid: {_literal_values(literal.group(1))}"
     elif typed:
         got = typed.group(2) if typed.group(2) is not None else report.inner if report.rest else report.value
         cause = f"expected {typed.group(1)}" + (f", got {str(got)!r}" if got is not None else "")

@@ -4,6 +4,7 @@ option or value of lt_lightning 0.1 says where it went."""
 from __future__ import annotations
 
 from argparse import ArgumentError
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,11 @@ SCHEDULES = "constant, cosine, multistep"
             "crt",
             ["--model.init_args.mode", "cb"],
             "--model.init_args.mode: got 'cb'; valid: crt, lws, tau_norm, ncm, weight_balancing",
+        ),
+        (  # a union: before, only its first member ("expected bool, got 'sometimes'")
+            "joint",
+            ["--model.init_args.compile_backbone", "sometimes"],
+            "--model.init_args.compile_backbone: got 'sometimes'; expected bool or one of: step",
         ),
         ("joint", ["--trainer.max_epochs", "abc"], "--trainer.max_epochs: expected int, got 'abc'"),
         ("joint", ["--data.init_args.batch_size", "x"], "--data.init_args.batch_size: expected int, got 'x'"),
@@ -201,3 +207,23 @@ def test_root_cause_follows_the_chain_and_stops_on_a_cycle():
     assert root_cause(outer) is inner
     inner.__cause__ = outer  # a cycle: stops at the first error seen twice
     assert root_cause(outer) is inner
+
+
+def test_a_bad_value_in_a_callback_of_the_config_names_every_valid_kind(tmp_path, monkeypatch):
+    # the union's members are named, not only its first ("expected bool, got 'every'")
+    monkeypatch.chdir(tmp_path)
+    text = (
+        Path(digits("joint"))
+        .read_text()
+        .replace("{every_n_epochs: 10}", "{every_n_epochs: 10, log_figures: every}")
+    )
+    config = tmp_path / "joint.yaml"
+    config.write_text(
+        text.replace("config: _base.yaml", f"config: {Path(digits('joint')).parent / '_base.yaml'}")
+    )
+    with pytest.raises(USER_ERRORS) as info:
+        build_cli(["fit", "--config", str(config)])
+    assert (
+        format_error(info.value)
+        == "--trainer.callbacks.log_figures: got 'every'; expected bool or one of: last"
+    )
