@@ -6,7 +6,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one intra-op thread per pytest-xdist worker (`-n 2` on 2 cores would otherwise run 4 threads)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

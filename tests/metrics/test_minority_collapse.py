@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from lt_lightning.metrics import NeuralCollapse, minority_collapse, neural_collapse
 from lt_lightning.metrics.functional import MINORITY_COLLAPSE_KEYS, SHOT_GROUP_NAMES
@@ -149,12 +149,6 @@ def test_bad_input():
 
 
 # ---- two real processes (gloo) vs one ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -173,7 +167,9 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, find_free_network_port(), str(tmp_path)), nprocs=2, join=True
+    )
     h, y, w = _data(5, offset=40.0)
     single = neural_collapse(h, y, w, shot_groups=GROUPS)  # COUNTS with thresholds 100/20 give GROUPS
     ref = _reference(w, h, y, GROUPS)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from lt_lightning.nn.class_means import (
     ClassMeanTracker,
@@ -242,12 +242,6 @@ def test_bad_batches(features, labels, error, match):
 # --- two processes (gloo) ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out_dir, batches, splits, weight, k, d):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -275,7 +269,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     weight = torch.randn(k, d, dtype=F64, generator=torch.Generator().manual_seed(5))
     mp.spawn(
         _ddp_worker,
-        args=(world, _free_port(), str(tmp_path), batches, splits, weight, k, d),
+        args=(world, find_free_network_port(), str(tmp_path), batches, splits, weight, k, d),
         nprocs=world,
         join=True,
     )
