@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from lt_lightning.metrics import NeuralCollapse, minority_collapse, neural_collapse
 from lt_lightning.metrics.functional import MINORITY_COLLAPSE_KEYS, SHOT_GROUP_NAMES
@@ -149,11 +148,12 @@ def test_bad_input():
 
 
 # ---- two real processes (gloo) vs one ---------------------------------------------------------------
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous in the test's folder: no TCP port that a parallel test could take first
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     h, y, w = _data(5, offset=40.0)
     share = slice(0, 211) if rank == 0 else slice(211, len(y))  # unequal, disjoint, unpadded
     metric = NeuralCollapse(len(COUNTS), D, class_counts=COUNTS, many_threshold=100, few_threshold=20)
@@ -167,9 +167,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
-    torch.multiprocessing.spawn(
-        _ddp_worker, args=(2, find_free_network_port(), str(tmp_path)), nprocs=2, join=True
-    )
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     h, y, w = _data(5, offset=40.0)
     single = neural_collapse(h, y, w, shot_groups=GROUPS)  # COUNTS with thresholds 100/20 give GROUPS
     ref = _reference(w, h, y, GROUPS)

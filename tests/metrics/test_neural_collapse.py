@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from lt_lightning.metrics import NeuralCollapse
 from lt_lightning.metrics import neural_collapse as package_level_function
@@ -398,13 +397,14 @@ def test_metric_update_has_no_host_sync_on_cuda():
 # --------------------------------------------------------------------------------------------------
 # two real processes (gloo): exact vs single process, fixed number of collectives
 # --------------------------------------------------------------------------------------------------
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     from lt_lightning.metrics import ShotAccuracy
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous in the test's folder: no TCP port that a parallel test could take first
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     calls = {"n": 0}
     for name in (
         "all_reduce",
@@ -467,9 +467,7 @@ def test_two_process_gloo_exact_and_fixed_collectives(tmp_path):
 
     from lt_lightning.metrics import ShotAccuracy
 
-    torch.multiprocessing.spawn(
-        _ddp_worker, args=(2, find_free_network_port(), str(tmp_path)), nprocs=2, join=True
-    )
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     counts = [150, 120, 60, 40, 25, 12, 8, 5]
     h, y, w, b = _make_data(counts, 9, seed=21, spread=1.0, offset=50.0)
     logits = h @ w.T + b

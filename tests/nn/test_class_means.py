@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from lt_lightning.nn.class_means import (
     ClassMeanTracker,
@@ -242,9 +241,10 @@ def test_bad_batches(features, labels, error, match):
 # --- two processes (gloo) ---------------------------------------------------------------------------
 
 
-def _ddp_worker(rank, world, port, out_dir, batches, splits, weight, k, d):
+def _ddp_worker(rank, world, out_dir, batches, splits, weight, k, d):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous in the test's folder: no TCP port that a parallel test could take first
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     try:
         tracker = ClassMeanTracker(k, d, dtype=F64)
         records = []
@@ -269,7 +269,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     weight = torch.randn(k, d, dtype=F64, generator=torch.Generator().manual_seed(5))
     mp.spawn(
         _ddp_worker,
-        args=(world, find_free_network_port(), str(tmp_path), batches, splits, weight, k, d),
+        args=(world, str(tmp_path), batches, splits, weight, k, d),
         nprocs=world,
         join=True,
     )
