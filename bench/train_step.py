@@ -73,23 +73,6 @@ def time_lightning(model, loader, steps: int, warmup: int) -> float:
     return timer.end - timer.start
 
 
-class BareModule(L.LightningModule):
-    """A minimal LightningModule around a module's backbone, neck and head with cross-entropy and the
-    same SGD: what Lightning's loop costs with nothing of ours in it (the floor of our overhead)."""
-
-    def __init__(self, inner) -> None:
-        super().__init__()
-        self.backbone, self.neck, self.head = inner.backbone, inner.neck, inner.head
-        self.make_optimizer = inner.optimizer
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self.head(self.neck(self.backbone(x))), y)
-
-    def configure_optimizers(self):
-        return self.make_optimizer(list(self.parameters()))
-
-
 def time_plain(model, loader, steps: int, warmup: int) -> float:
     """The same module's pieces in a hand-written loop: forward, loss, backward, and the module's own
     optimizer (with a constant schedule the module configures no LR scheduler either)."""
@@ -282,6 +265,13 @@ def time_config_plain(config: str, epochs: int, overrides: list[str], duties: bo
     return _in_tmp(run)
 
 
+def _val_sums(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[3]`` float64 on the device: correct predictions, summed cross-entropy, samples of a batch."""
+    n = torch.full((), len(y), dtype=torch.float64, device=y.device)
+    correct = (logits.argmax(1) == y).sum().double()
+    return torch.stack((correct, torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(), n))
+
+
 class _FloorModule(L.LightningModule):
     """Lightning's floor: the plain step and the plain duties (validation top-1 and loss, logged once an
     epoch) as a bare LightningModule, with none of the package's machinery."""
@@ -297,14 +287,7 @@ class _FloorModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.model(x)
-        step = torch.stack(
-            (
-                (logits.argmax(1) == y).sum().double(),
-                torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                torch.tensor(float(len(y)), dtype=torch.float64, device=y.device),
-            )
-        )
+        step = _val_sums(self.model(x), y)
         self._sums = step if self._sums is None else self._sums + step
 
     def on_validation_epoch_end(self) -> None:
@@ -349,14 +332,12 @@ def _plain_duties(model, opt, val_loader, device, epoch: int) -> None:
     from lt_lightning.checkpoints import atomic_torch_save
 
     model.eval()
-    correct = loss = torch.zeros((), device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     with torch.no_grad():
         for x, y in val_loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            correct = correct + (logits.argmax(1) == y).sum()
-            loss = loss + torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-    torch.stack((correct.double(), loss.double())).tolist()
+            sums = sums + _val_sums(model(x), y)
+    sums.tolist()  # the epoch's one host read, as a real loop reads its validation numbers
     model.train()
     state = {"epoch": epoch, "state_dict": model.state_dict(), "optimizer": opt.state_dict()}
     atomic_torch_save(state, "plain_last.ckpt")
@@ -559,7 +540,7 @@ def main() -> None:
             pt.append(time_plain(copy.deepcopy(model), loader, steps, warmup))
             lt.append(time_lightning(copy.deepcopy(model), loader, steps, warmup))
             if name == "joint":
-                bt.append(time_lightning(BareModule(copy.deepcopy(model)), loader, steps, warmup))
+                bt.append(time_lightning(_FloorModule(copy.deepcopy(model)), loader, steps, warmup))
         plain_sps = steps * batch / statistics.median(pt)
         light_sps = steps * batch / statistics.median(lt)
         rows.append(
@@ -570,7 +551,7 @@ def main() -> None:
                 "overhead_pct": 100 * (plain_sps / light_sps - 1),
             }
         )
-        if bt:  # Lightning's own floor: the same network and loss in a minimal LightningModule
+        if bt:  # Lightning's own floor: the same step in a minimal LightningModule (_FloorModule)
             bare_sps = steps * batch / statistics.median(bt)
             rows.append(
                 {

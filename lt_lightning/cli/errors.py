@@ -54,6 +54,8 @@ _GOT_NAMESPACE = re.compile(r"\. Got value: Namespace\(.*\)$")
 _NESTED = re.compile(r"NestedArg\(key='([^']+)', val=(.*)\)$", re.M)
 _OWNER = re.compile(r"(?:Problem with given class_path '|Namespace\(class_path=')([\w.]+)'")
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)$")
+#: a union member's cause: the same, the value optional (the report may name it once, for the union)
+_LITERAL_MEMBER = re.compile(r"Expected a typing\.Literal\[(.*)\](?:\. Got value: .*)?$")
 _TYPED = re.compile(r"Expected a <class '([\w.]+)'>(?:\. Got value: (.*))?$")
 _REFUSED = re.compile(r"Option '([^']+)' is not accepted$")
 #: a value no option of lt_lightning 0.1 can take, to find where :func:`migrate_hparams` moves one
@@ -135,7 +137,7 @@ def _union_members(causes: list[str]) -> list[str]:
     "Expected a ..." causes the report starts with, when there are several; else ``[]``."""
     members = []
     for cause in causes:
-        literal, typed = _LITERAL.match(cause + ". Got value: -"), _TYPED.match(cause)
+        literal, typed = _LITERAL_MEMBER.match(cause), _TYPED.match(cause)
         if literal:
             members.append("one of: " + _literal_values(literal.group(1)))
         elif typed and typed.group(2) is None:

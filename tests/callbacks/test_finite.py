@@ -331,8 +331,8 @@ def test_clean_validation_data_gives_no_warning(tmp_path, recwarn):
 
 @pytest.mark.parametrize("is_bad", [True, False])
 def test_skip_and_restore_are_exact_over_mixed_dtypes_and_shapes(is_bad):
-    # the non-fused path works on one flat tensor per (device, dtype): every parameter and gradient must
-    # come back bit for bit (a bad step) or be left alone (a good one), NaN included
+    # the non-fused path (gradients zeroed in place, a snapshot put back by torch.where): every parameter
+    # and gradient must come back bit for bit (a bad step) or be left alone (a good one), NaN included
     from lt_lightning.callbacks.finite import _restore, _skip_update
 
     torch.manual_seed(0)
